@@ -18,6 +18,7 @@ Deliberately *not* restored: tf-slim's non-fused ``batch_norm`` needs ``tf_keras
 CUDA TensorFlow build). The toolkit owns its batch norm (``libs/batch_norm.py``) instead.
 """
 import os
+import warnings
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -33,10 +34,17 @@ if not hasattr(_ops, 'Tensor'):
 if not hasattr(_control_flow_ops, 'cond'):
   _control_flow_ops.cond = _cond.cond
 
+# disable_v2_behavior logs deprecation notes about the very TF1 behaviour this toolkit asks for.
+tf.logging.set_verbosity(tf.logging.ERROR)
 tf.disable_v2_behavior()
 # Resource variables: well-defined read semantics in graph mode, and what SavedModel export expects.
 tf.enable_resource_variables()
 tf.logging.set_verbosity(tf.logging.INFO)
+# absl (used by the scripts) logs to the root logger too; without this every line would appear twice.
+tf.get_logger().propagate = False
+
+# tf-slim's layers go through TF's internal Keras v1 base layer, which warns on every layer it builds.
+warnings.filterwarnings('ignore', message='`layer.apply` is deprecated')
 
 import tf_slim as slim  # noqa: E402  (must come after the patches above)
 

@@ -1,0 +1,281 @@
+"""PSPNet: dilated ResNet backbone + pyramid pooling module (Zhao et al., "Pyramid Scene Parsing Network",
+CVPR 2017).
+
+Graph layout (scope names are stable API: train_mem_saving.py checkpoint nodes and checkpoint restores use them):
+
+    SharedFeatureExtractor/resnet_v1_50/...   dilated ResNet50, output stride 8 (architectures/dilated_resnet_v1.py)
+    PSPModule/Conv .. Conv_{k-1}             1x1 conv + BN + ReLU6 per pyramid bin (bins 1, 2, 3, 6)
+    PSPModule/Conv_k                         3x3 fusion conv + BN + ReLU6 (PSPModule/Conv_4/Relu6 for 4 bins)
+    Logits                                   dropout + 1x1 classifier (with bias, no BN)
+    AuxHead/Conv, AuxHead/Logits             auxiliary head on block3 (training graphs with the aux loss only)
+
+Model interface (shapes for a batch of N images of H x W):
+
+    preprocess(images)      float32 [N, H, W, 3] RGB in [0, 255]  ->  mean-subtracted float32 [N, H, W, 3]
+    predict(preprocessed)   -> {'logits': [N, h, w, C], 'aux_logits': [N, h, w, C] (training + aux only)},
+                               h = ceil(H / output_stride), w likewise
+    postprocess(predictions, (H, W))  -> {'logits': [N, H, W, C] bilinear upsampled,
+                                          'predictions': int32 [N, H, W] train ids}
+    loss(predictions, labels)  labels uint8/int [N, H, W, 1] -> {'main_loss': scalar, 'aux_loss': scalar}
+                               (already weighted; pixels with the ignore label excluded)
+    restore_map(fine_tune_checkpoint_type)  -> {checkpoint variable name: variable}
+"""
+from architectures import dilated_resnet_v1
+from libs.compat import slim
+from libs.compat import tf
+from libs.preprocessor import MEAN_RGB
+
+FEATURE_EXTRACTOR_SCOPE = 'SharedFeatureExtractor'
+PSP_MODULE_SCOPE = 'PSPModule'
+LOGITS_SCOPE = 'Logits'
+AUX_HEAD_SCOPE = 'AuxHead'
+BACKBONE_SCOPE = 'resnet_v1_50'
+
+# Classification checkpoints (TF-Slim ResNet) name the backbone without our outer scope.
+CLASSIFICATION_CHECKPOINT_PREFIX = BACKBONE_SCOPE + '/'
+PSP_DEPTH = 512
+
+
+def adaptive_average_pool(features, bins):
+  """Average-pools features into a bins x bins grid, like PyTorch's AdaptiveAvgPool2d.
+
+  Cell (i, j) averages rows [floor(i*h/bins), ceil((i+1)*h/bins)) and the analogous columns, so every input
+  pixel is covered for any h, w (also when not divisible by bins; cells overlap by at most one pixel then).
+  Rows are averaged first, then columns: the mean of row means over a rectangle is the rectangle's mean.
+
+  Args:
+    features: float [N, h, w, C] with static h and w.
+    bins: cells per side, 1 <= bins.
+
+  Returns:
+    float [N, bins, bins, C].
+
+  Raises:
+    ValueError: if h or w is not static.
+  """
+  height, width = features.shape[1], features.shape[2]
+  if height is None or width is None:
+    raise ValueError('Pyramid pooling needs a static feature map size, got %s for %s; give the network inputs '
+                     'of a fixed size (crop or pad them).' % (features.shape, features.name))
+  height, width = int(height), int(width)
+
+  def cell_bounds(size, i):
+    return (i * size) // bins, -((-(i + 1) * size) // bins)
+
+  rows = [tf.reduce_mean(features[:, slice(*cell_bounds(height, i))], axis=1, keepdims=True)
+          for i in range(bins)]
+  rows = tf.concat(rows, axis=1) if bins > 1 else rows[0]
+  cells = [tf.reduce_mean(rows[:, :, slice(*cell_bounds(width, j))], axis=2, keepdims=True)
+           for j in range(bins)]
+  return tf.concat(cells, axis=2) if bins > 1 else cells[0]
+
+
+def resize_bilinear(images, size):
+  """Bilinear resize with corners aligned (Caffe "interp" semantics: 90 -> 713 is an exact zoom by 8)."""
+  return tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True)
+
+
+class PSPNetArchitecture(object):
+  """PSPNet50 with an optional auxiliary head; see the module docstring for the interface."""
+
+  def __init__(self,
+               is_training,
+               num_classes,
+               scope_fn,
+               filter_scale=1.0,
+               pooling_factors=(1, 2, 3, 6),
+               num_units_per_block=dilated_resnet_v1.RESNET50_UNITS,
+               output_stride=8,
+               dropout_keep_prob=0.9,
+               aux_head_depth=256,
+               use_aux_loss=True,
+               main_loss_weight=1.0,
+               aux_loss_weight=0.4,
+               classification_loss_fn=None,
+               ignore_label=255,
+               upsample_logits=True):
+    """Configures the network; nothing is built until predict().
+
+    Args:
+      is_training: python bool; training graphs apply dropout and build the auxiliary head.
+      num_classes: classes predicted, > 0.
+      scope_fn: function returning the arg_scope for all convolutions (builders/hyperparams_builder.py).
+      filter_scale: multiplier of every layer's filter count.
+      pooling_factors: pyramid bin counts.
+      num_units_per_block: residual units of block1..block4.
+      output_stride: backbone output stride (8 or 16).
+      dropout_keep_prob: keep probability before the classifiers while training.
+      aux_head_depth: filters of the auxiliary 3x3 conv at filter_scale 1.
+      use_aux_loss: build the auxiliary head (training only) and add its loss.
+      main_loss_weight, aux_loss_weight: loss weights.
+      classification_loss_fn: fn(logits [P, C], labels int32 [P], weights float [P]) -> scalar mean loss over
+        positive weights (builders/losses_builder.py). Needed only for loss().
+      ignore_label: label value excluded from the loss.
+      upsample_logits: upsample logits to the labels' size (True) or downsample labels (False) for the loss.
+    """
+    self._is_training = is_training
+    self._num_classes = num_classes
+    self._scope_fn = scope_fn
+    self._filter_scale = filter_scale
+    self._pooling_factors = tuple(pooling_factors)
+    self._num_units_per_block = tuple(num_units_per_block)
+    self._output_stride = output_stride
+    self._dropout_keep_prob = dropout_keep_prob
+    self._aux_head_depth = aux_head_depth
+    self._use_aux_loss = use_aux_loss
+    self._main_loss_weight = main_loss_weight
+    self._aux_loss_weight = aux_loss_weight
+    self._classification_loss_fn = classification_loss_fn
+    self._ignore_label = ignore_label
+    self._upsample_logits = upsample_logits
+
+  @property
+  def num_classes(self):
+    return self._num_classes
+
+  @property
+  def is_training(self):
+    return self._is_training
+
+  @property
+  def ignore_label(self):
+    return self._ignore_label
+
+  @property
+  def builds_aux_head(self):
+    return self._is_training and self._use_aux_loss
+
+  def preprocess(self, images):
+    """Subtracts the ImageNet RGB mean the TF-Slim ResNet checkpoints expect.
+
+    Args:
+      images: [N, H, W, 3] RGB in [0, 255], any real dtype.
+
+    Returns:
+      float32 [N, H, W, 3].
+    """
+    with tf.name_scope('Preprocessor'):
+      return tf.cast(images, tf.float32) - tf.constant(MEAN_RGB, tf.float32)
+
+  def _scaled(self, depth):
+    return dilated_resnet_v1.scaled_depth(depth, self._filter_scale)
+
+  def _dropout(self, net):
+    if self._is_training and self._dropout_keep_prob < 1.0:
+      net = slim.dropout(net, keep_prob=self._dropout_keep_prob, is_training=True, scope='Dropout')
+    return net
+
+  def _pyramid_pooling_module(self, features):
+    """[N, h, w, D] -> [N, h, w, 512 * filter_scale] (PSPModule/Conv_k/Relu6)."""
+    size = [int(features.shape[1]), int(features.shape[2])]
+    with tf.variable_scope(PSP_MODULE_SCOPE, values=[features]):
+      branches = [features]
+      with slim.arg_scope([slim.conv2d], activation_fn=tf.nn.relu6):
+        for bins in self._pooling_factors:
+          pooled = adaptive_average_pool(features, bins)
+          pooled = slim.conv2d(pooled, self._scaled(PSP_DEPTH), 1)
+          branches.append(resize_bilinear(pooled, size))
+        net = tf.concat(branches, axis=3, name='concat')
+        return slim.conv2d(net, self._scaled(PSP_DEPTH), 3)
+
+  def _classifier(self, net, scope):
+    with tf.variable_scope(scope, values=[net]):
+      net = self._dropout(net)
+      return slim.conv2d(net, self._num_classes, 1, activation_fn=None, normalizer_fn=None,
+                         biases_initializer=tf.zeros_initializer(), scope='Conv')
+
+  def predict(self, preprocessed_inputs, reuse=None):
+    """Runs the network.
+
+    Args:
+      preprocessed_inputs: float32 [N, H, W, 3] from preprocess(), with static H and W.
+      reuse: reuse existing variables (data-parallel clones after the first).
+
+    Returns:
+      dict with 'logits': float32 [N, ceil(H/os), ceil(W/os), num_classes], 'aux_logits' likewise
+      (only when builds_aux_head), and 'end_points': the backbone's end points.
+    """
+    with slim.arg_scope(self._scope_fn()):
+      with tf.variable_scope(FEATURE_EXTRACTOR_SCOPE, values=[preprocessed_inputs], reuse=reuse):
+        features, end_points = dilated_resnet_v1.dilated_resnet_v1_50(
+            preprocessed_inputs, filter_scale=self._filter_scale,
+            num_units_per_block=self._num_units_per_block, output_stride=self._output_stride,
+            scope=BACKBONE_SCOPE)
+      with tf.variable_scope(tf.get_variable_scope(), reuse=reuse):
+        net = self._pyramid_pooling_module(features)
+        outputs = {'logits': self._classifier(net, LOGITS_SCOPE), 'end_points': end_points}
+        if self.builds_aux_head:
+          block3 = end_points['%s/%s/block3' % (FEATURE_EXTRACTOR_SCOPE, BACKBONE_SCOPE)]
+          with tf.variable_scope(AUX_HEAD_SCOPE, values=[block3]):
+            aux = slim.conv2d(block3, self._scaled(self._aux_head_depth), 3, scope='Conv')
+            outputs['aux_logits'] = self._classifier(aux, 'Logits')
+    return outputs
+
+  def postprocess(self, prediction_dict, output_size):
+    """Upsamples logits to output_size and takes the arg-max.
+
+    Returns:
+      dict with 'logits': float32 [N, H, W, C] and 'predictions': int32 [N, H, W].
+    """
+    with tf.name_scope('Postprocessor'):
+      logits = resize_bilinear(prediction_dict['logits'], output_size)
+      return {'logits': logits, 'predictions': tf.argmax(logits, axis=3, output_type=tf.int32)}
+
+  def _head_loss(self, logits, labels, name):
+    """Mean classification loss over the valid pixels of one head."""
+    with tf.name_scope(name):
+      label_size = [int(labels.shape[1]), int(labels.shape[2])] if labels.shape[1:3].is_fully_defined() \
+          else tf.shape(labels)[1:3]
+      if self._upsample_logits:
+        logits = resize_bilinear(logits, label_size)
+      else:
+        labels = tf.raw_ops.ResizeNearestNeighbor(images=labels, size=tf.shape(logits)[1:3], align_corners=True)
+      labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+      logits = tf.reshape(logits, [-1, self._num_classes])
+      valid = tf.cast(tf.not_equal(labels, self._ignore_label), tf.float32)
+      # Ignored pixels get a harmless in-range label; their weight is 0.
+      labels = tf.where(tf.equal(labels, self._ignore_label), tf.zeros_like(labels), labels)
+      return self._classification_loss_fn(logits, labels, valid)
+
+  def loss(self, prediction_dict, labels):
+    """Weighted main (and auxiliary) losses.
+
+    Args:
+      prediction_dict: from predict().
+      labels: [N, H, W, 1] train ids (ignore_label for ignored pixels).
+
+    Returns:
+      dict with 'main_loss' and, when the auxiliary head was built, 'aux_loss' (scalars, weights applied).
+    """
+    if self._classification_loss_fn is None:
+      raise ValueError('PSPNetArchitecture.loss() needs a classification_loss_fn')
+    losses = {'main_loss': self._main_loss_weight *
+                           self._head_loss(prediction_dict['logits'], labels, 'MainLoss')}
+    if 'aux_logits' in prediction_dict:
+      losses['aux_loss'] = self._aux_loss_weight * self._head_loss(
+          prediction_dict['aux_logits'], labels, 'AuxLoss')
+    return losses
+
+  def restore_map(self, fine_tune_checkpoint_type='segmentation'):
+    """Maps checkpoint variable names to this graph's model variables.
+
+    Args:
+      fine_tune_checkpoint_type: 'classification' (TF-Slim ResNet: resnet_v1_50/... -> our backbone, nothing
+        else) or 'segmentation' (a PSPNet checkpoint: every model variable by its own name).
+
+    Returns:
+      dict {checkpoint name: variable}. Callers drop names absent from the actual checkpoint (and log them).
+
+    Raises:
+      ValueError: for another checkpoint type.
+    """
+    # slim model variables: weights and batch-norm statistics, never optimizer slots or the global step.
+    model_vars = slim.get_model_variables()
+    if fine_tune_checkpoint_type == 'classification':
+      prefix = FEATURE_EXTRACTOR_SCOPE + '/'
+      return {v.op.name[len(prefix):]: v for v in model_vars if v.op.name.startswith(prefix)}
+    if fine_tune_checkpoint_type == 'segmentation':
+      return {v.op.name: v for v in model_vars}
+    raise ValueError('fine_tune_checkpoint_type must be "classification" or "segmentation", got %r'
+                     % (fine_tune_checkpoint_type,))
+

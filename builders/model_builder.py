@@ -1,0 +1,90 @@
+"""Builds a segmentation model object from a `Model` config (protos/model.proto, protos/pspnet.proto)."""
+from architectures import dilated_resnet_v1
+from architectures import pspnet_architecture
+from builders import hyperparams_builder
+from builders import losses_builder
+from libs.config_errors import ConfigError
+from libs.config_errors import require_oneof
+from protos import model_pb2
+
+DEFAULT_POOLING_FACTORS = (1, 2, 3, 6)
+# feature_extractor.type -> the backbone's residual-unit layout.
+FEATURE_EXTRACTORS = {'dilated_resnet50': dilated_resnet_v1.RESNET50_UNITS}
+
+
+def _build_pspnet(config, is_training, field_path):
+  """PSPNet config -> PSPNetArchitecture."""
+  if config.num_classes <= 0:
+    raise ConfigError(field_path + '.num_classes', config.num_classes, 'must be > 0')
+  if not 0.0 < config.filter_scale <= 1.0:
+    raise ConfigError(field_path + '.filter_scale', config.filter_scale, 'must be in (0, 1]')
+  if not 0.0 < config.dropout_keep_prob <= 1.0:
+    raise ConfigError(field_path + '.dropout_keep_prob', config.dropout_keep_prob, 'must be in (0, 1]')
+  if config.aux_head_depth <= 0:
+    raise ConfigError(field_path + '.aux_head_depth', config.aux_head_depth, 'must be > 0')
+  pooling_factors = tuple(config.pooling_factors) or DEFAULT_POOLING_FACTORS
+  for i, bins in enumerate(pooling_factors):
+    if bins <= 0:
+      raise ConfigError('%s.pooling_factors[%d]' % (field_path, i), bins, 'must be > 0')
+  if len(set(pooling_factors)) != len(pooling_factors):
+    raise ConfigError(field_path + '.pooling_factors', list(pooling_factors), 'must not repeat a value')
+
+  fe = config.feature_extractor
+  fe_path = field_path + '.feature_extractor'
+  if fe.type not in FEATURE_EXTRACTORS:
+    raise ConfigError(fe_path + '.type', fe.type, 'allowed: %s' % ', '.join(sorted(FEATURE_EXTRACTORS)))
+  if fe.output_stride not in (8, 16):
+    raise ConfigError(fe_path + '.output_stride', fe.output_stride, 'allowed: 8, 16')
+  units = tuple(fe.num_units_per_block) or FEATURE_EXTRACTORS[fe.type]
+  if len(units) != 4 or any(u <= 0 for u in units):
+    raise ConfigError(fe_path + '.num_units_per_block', list(units), 'must be four values > 0')
+
+  scope_fn = hyperparams_builder.build(config.hyperparams, is_training, field_path + '.hyperparams')
+  loss_kwargs = losses_builder.build(config.loss, config.num_classes, field_path + '.loss')
+  return pspnet_architecture.PSPNetArchitecture(
+      is_training=is_training,
+      num_classes=config.num_classes,
+      scope_fn=scope_fn,
+      filter_scale=config.filter_scale,
+      pooling_factors=pooling_factors,
+      num_units_per_block=units,
+      output_stride=fe.output_stride,
+      dropout_keep_prob=config.dropout_keep_prob,
+      aux_head_depth=config.aux_head_depth,
+      **loss_kwargs)
+
+
+_MODEL_BUILDERS = {'pspnet': _build_pspnet}
+
+
+def build(config, is_training, field_path='model'):
+  """Builds the model object (no graph yet; call its preprocess/predict/loss).
+
+  Args:
+    config: model_pb2.Model.
+    is_training: python bool.
+    field_path: dotted path of `config`, for error messages.
+
+  Returns:
+    A model object with the interface documented in architectures/pspnet_architecture.py.
+
+  Raises:
+    ConfigError: for an empty oneof or an invalid field.
+    ValueError: if config is not a Model message.
+  """
+  if not isinstance(config, model_pb2.Model):
+    raise ValueError('config must be a model_pb2.Model, got %s' % type(config).__name__)
+  which = require_oneof(config, 'model', field_path)
+  return _MODEL_BUILDERS[which](getattr(config, which), is_training, field_path + '.' + which)
+
+
+def num_classes(config):
+  """The class count of a Model config."""
+  which = require_oneof(config, 'model', 'model')
+  return getattr(config, which).num_classes
+
+
+def ignore_label(config):
+  """The ignore label of a Model config."""
+  which = require_oneof(config, 'model', 'model')
+  return getattr(config, which).loss.ignore_label

@@ -1,0 +1,105 @@
+"""Reads, validates, overrides and saves pipeline configs (protos/pipeline.proto).
+
+Parsing is strict: `text_format.Parse` rejects unknown or misspelt fields, wrong types, and a non-repeated field
+given twice (`text_format.Merge`, which silently keeps the last, is used only for deliberate overrides). Every
+error names the config file.
+"""
+import contextlib
+import os
+import tempfile
+
+from google.protobuf import text_format
+
+from libs.config_errors import ConfigError
+from protos import pipeline_pb2
+
+PIPELINE_CONFIG_NAME = 'pipeline.config'
+
+
+def parse_pipeline_config(text, config_path='<string>'):
+  """Parses text-format PipelineConfig strictly.
+
+  Raises:
+    ValueError: naming config_path, the line and column, and the parser's complaint (e.g. the unknown field).
+  """
+  config = pipeline_pb2.PipelineConfig()
+  try:
+    text_format.Parse(text, config)
+  except text_format.ParseError as e:
+    raise ValueError('%s: invalid config: %s' % (config_path, e)) from None
+  return config
+
+
+def load_pipeline_config(config_path, overrides=None):
+  """Reads a pipeline config file, applies optional text-format overrides, and returns the message.
+
+  Args:
+    config_path: path of a text-format PipelineConfig.
+    overrides: optional text-format PipelineConfig fragment merged on top (e.g. from --config_override:
+      'train_config { num_steps: 10 }'); repeated fields in it are appended.
+
+  Raises:
+    ValueError: when the file is missing or unreadable, or the config or the override does not parse.
+  """
+  if not os.path.isfile(config_path):
+    raise ValueError('config file %s does not exist' % config_path)
+  try:
+    with open(config_path) as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError('cannot read config file %s: %s' % (config_path, e)) from None
+  config = parse_pipeline_config(text, config_path)
+  if overrides:
+    try:
+      text_format.Merge(overrides, config)
+    except text_format.ParseError as e:
+      raise ValueError('invalid config override %r: %s' % (overrides, e)) from None
+  return config
+
+
+@contextlib.contextmanager
+def naming_config_file(config_path):
+  """Re-raises ConfigErrors raised inside the block with the config file named in the message."""
+  try:
+    yield
+  except ConfigError as e:
+    if e.config_path:
+      raise
+    raise e.with_config_path(config_path) from None
+
+
+def config_to_text(config):
+  return text_format.MessageToString(config)
+
+
+def atomic_write_text(path, text):
+  """Writes text to path through a temporary file and a rename, so readers never see half a file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.tmp')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def save_pipeline_config(config, directory, name=PIPELINE_CONFIG_NAME):
+  """Writes the effective config (after overrides and defaults filled by the user) into `directory`."""
+  path = os.path.join(directory, name)
+  atomic_write_text(path, config_to_text(config))
+  return path
+
+
+def require_fields(config, config_path, fields):
+  """Raises ConfigError (naming the file) for the first of `fields` (dotted paths) that is not set."""
+  for field in fields:
+    message = config
+    parts = field.split('.')
+    for part in parts[:-1]:
+      message = getattr(message, part)
+    if not message.HasField(parts[-1]):
+      raise ConfigError(field, None, 'must be set', config_path)

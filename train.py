@@ -1,0 +1,82 @@
+r"""Trains PSPNet from a pipeline config (see README and ../shared/seed/pspnet.md).
+
+    python train.py \
+        --config_path configs/pspnet_1.0_713_resnet_v1.config \
+        --logdir /tmp/pspnet_1.0_713_resnet_v1_TRAIN
+
+Restarting with the same --logdir resumes from its latest checkpoint. Ctrl-C (or SIGTERM) stops after the
+current step and writes a checkpoint.
+"""
+from absl import app
+from absl import flags
+
+from libs import config_util
+from libs import trainer
+from libs.compat import tf
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Flags shared by train.py and train_mem_saving.py."""
+  flags.DEFINE_string('config_path', None, 'Path of a text-format pipeline config (pipeline.proto).')
+  flags.DEFINE_string('logdir', None, 'Directory for checkpoints, TensorBoard summaries and the effective '
+                      'pipeline.config. Training resumes from a checkpoint already in it.')
+  flags.DEFINE_string('config_override', '', 'Text-format PipelineConfig fragment merged over the config, '
+                      'e.g. "train_config { num_steps: 100 }".')
+  flags.DEFINE_integer('num_clones', 1, 'Model replicas (one per GPU); train_config.batch_size is split '
+                       'between them.')
+  flags.DEFINE_boolean('clone_on_cpu', False, 'Place all clones on the CPU.')
+  flags.DEFINE_integer('save_interval_secs', 600, 'Seconds between checkpoints (one is always written at '
+                       'the end).')
+  flags.DEFINE_integer('save_summaries_secs', 120, 'Seconds between TensorBoard summaries.')
+  flags.DEFINE_integer('max_checkpoints_to_keep', 5, 'Most recent checkpoints kept in --logdir.')
+  flags.DEFINE_float('keep_checkpoint_every_n_hours', 10000.0, 'Additionally keep one checkpoint per this '
+                     'many hours of training.')
+  flags.DEFINE_integer('log_every_n_steps', 10, 'Steps between progress lines.')
+  flags.DEFINE_boolean('image_summaries', False, 'Add input, ground-truth and prediction images of the '
+                       'training batch to TensorBoard.')
+  flags.DEFINE_boolean('test_image_summaries', False, 'Add images of the model in inference mode (moving '
+                       'batch-norm statistics, no dropout) on a training image to TensorBoard.')
+  flags.DEFINE_boolean('allow_growth', False, 'Let TensorFlow grow GPU memory as needed instead of taking it '
+                       'all (to share a GPU with eval.py).')
+  flags.DEFINE_float('gpu_memory_fraction', 0.0, 'If > 0, cap the GPU memory this process takes.')
+  flags.mark_flags_as_required(['config_path', 'logdir'])
+
+
+def session_config_from_flags():
+  config = tf.ConfigProto(allow_soft_placement=True)
+  config.gpu_options.allow_growth = FLAGS.allow_growth
+  if FLAGS.gpu_memory_fraction > 0:
+    config.gpu_options.per_process_gpu_memory_fraction = FLAGS.gpu_memory_fraction
+  return config
+
+
+def options_from_flags(**overrides):
+  return trainer.default_options(
+      num_clones=FLAGS.num_clones,
+      clone_on_cpu=FLAGS.clone_on_cpu,
+      save_interval_secs=FLAGS.save_interval_secs,
+      save_summaries_secs=FLAGS.save_summaries_secs,
+      max_checkpoints_to_keep=FLAGS.max_checkpoints_to_keep,
+      keep_checkpoint_every_n_hours=FLAGS.keep_checkpoint_every_n_hours,
+      log_every_n_steps=FLAGS.log_every_n_steps,
+      image_summaries=FLAGS.image_summaries,
+      test_image_summaries=FLAGS.test_image_summaries,
+      session_config=session_config_from_flags(),
+      **overrides)
+
+
+def run(options):
+  config = config_util.load_pipeline_config(FLAGS.config_path, FLAGS.config_override)
+  trainer.train(config, FLAGS.logdir, options, config_path=FLAGS.config_path)
+
+
+def main(argv):
+  del argv
+  run(options_from_flags())
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
