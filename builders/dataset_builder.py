@@ -1,0 +1,295 @@
+"""Builds the tf.data input pipeline of segmentation examples from an InputReader config.
+
+    dataset = dataset_builder.build(configs['train_input_reader'], batch_size=8, num_classes=19,
+                                    preprocess_fn=preprocessor_builder.build(train_config.preprocessor_step))
+    batch = tf.data.make_one_shot_iterator(dataset).get_next()
+
+Pipeline: list the TFRecord files (every input_path entry is a glob) -> shuffle the file list -> read files
+interleaved -> take num_examples -> shuffle the serialized records -> repeat num_epochs -> parse, decode and
+check the label values -> preprocess -> (buffer examples) -> batch -> prefetch batches.
+
+Records are shuffled while still serialized (a compressed frame is far smaller than a decoded one), and
+label values are checked before any augmentation so that a broken record is reported by its filename
+instead of surfacing later as an out-of-range class in the loss.
+"""
+import inspect
+
+from libs import preprocessor
+from libs.compat import tf
+from libs.config_errors import ConfigError
+from libs.config_errors import require_oneof
+from libs.standard_fields import InputDataFields
+from libs.standard_fields import TfExampleFields
+
+# Enough to print every distinct bad value of a uint8 label.
+_SUMMARIZE = 256
+
+
+def _list_input_files(reader_config, field_path):
+  """Expands the input_path globs, in config order (each glob's matches sorted).
+
+  Args:
+    reader_config: TFRecordInputReader message.
+    field_path: dotted path of reader_config.
+
+  Returns:
+    List of file paths.
+
+  Raises:
+    ConfigError: no input_path entry, or an entry matching no file.
+  """
+  if not reader_config.input_path:
+    raise ConfigError(field_path + '.input_path', [], 'must list at least one TFRecord file or glob')
+  files = []
+  for index, pattern in enumerate(reader_config.input_path):
+    matches = sorted(tf.io.gfile.glob(pattern)) if pattern else []
+    if not matches:
+      raise ConfigError('%s.input_path[%d]' % (field_path, index), pattern,
+                        'must name an existing TFRecord file or a glob matching at least one file')
+    files.extend(matches)
+  return files
+
+
+def _accepts_filename(fn):
+  """Whether fn takes a `filename` keyword argument (see build(): preprocess_fn)."""
+  try:
+    parameters = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
+  return 'filename' in parameters
+
+
+def _check_label_values(label, filename, num_classes, ignore_label):
+  """Returns label, with a run-time check that every value is a class id or the ignore label.
+
+  Args:
+    label: uint8 [H, W, 1].
+    filename: string scalar, named in the error.
+    num_classes: valid ids are [0, num_classes).
+    ignore_label: the one other allowed value.
+
+  Returns:
+    label, unchanged, depending on the check; running it raises tf.errors.InvalidArgumentError naming the
+    record's filename and the distinct bad values when the check fails.
+  """
+  with tf.name_scope('check_label_values'):
+    values = tf.reshape(tf.cast(label, tf.int32), [-1])
+    valid = tf.logical_or(values < num_classes, tf.equal(values, ignore_label))
+
+    def _fail():
+      # Only a broken record pays for collecting its bad values.
+      bad_values = tf.unique(tf.boolean_mask(values, tf.logical_not(valid))).y
+      assert_op = tf.debugging.Assert(
+          False,
+          ['Label values outside [0, %d) and other than the ignore label %d in record' %
+           (num_classes, ignore_label), filename, 'bad values:', bad_values],
+          summarize=_SUMMARIZE)
+      with tf.control_dependencies([assert_op]):
+        return tf.constant(False)
+
+    checked = tf.cond(tf.reduce_all(valid), lambda: tf.constant(True), _fail)
+    with tf.control_dependencies([checked]):
+      return tf.identity(label)
+
+
+def _decode_fn(num_classes, ignore_label, preprocess_fn):
+  """Returns the function mapping one serialized tf.train.Example to a preprocessed example dict."""
+  features = {
+      TfExampleFields.image_encoded: tf.io.FixedLenFeature([], tf.string),
+      TfExampleFields.filename: tf.io.FixedLenFeature([], tf.string, default_value=''),
+      TfExampleFields.segmentation_class_encoded: tf.io.FixedLenFeature([], tf.string),
+  }
+  pass_filename = preprocess_fn is not None and _accepts_filename(preprocess_fn)
+
+  # The function only composes TF ops (no Python control flow on tensors): autograph has nothing to
+  # convert, and skipping it keeps the traced graph exactly what is written here.
+  @tf.autograph.experimental.do_not_convert
+  def decode(serialized):
+    parsed = tf.io.parse_single_example(serialized, features)
+    filename = parsed[TfExampleFields.filename]
+    # decode_image handles PNG and JPEG; expand_animations=False keeps a static rank of 3.
+    image = tf.io.decode_image(parsed[TfExampleFields.image_encoded], channels=3,
+                               expand_animations=False)
+    label = tf.io.decode_png(parsed[TfExampleFields.segmentation_class_encoded], channels=1)
+    image_size = tf.shape(image)[:2]
+    label_size = tf.shape(label)[:2]
+    same_size = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(image_size, label_size)),
+        ['Image and label sizes differ in record', filename, 'image (h, w):', image_size,
+         'label (h, w):', label_size])
+    with tf.control_dependencies([same_size]):
+      label = _check_label_values(label, filename, num_classes, ignore_label)
+    image = tf.cast(image, tf.float32)
+    if preprocess_fn is not None:
+      if pass_filename:
+        image, label = preprocess_fn(image, label, filename=filename)
+      else:
+        image, label = preprocess_fn(image, label)
+    return {
+        InputDataFields.image: image,
+        InputDataFields.labels_class: label,
+        InputDataFields.filename: filename,
+        InputDataFields.original_height: image_size[0],
+        InputDataFields.original_width: image_size[1],
+    }
+
+  return decode
+
+
+def build(input_reader_config, batch_size, num_classes, ignore_label=255, preprocess_fn=None,
+          field_path='train_input_reader', num_parallel_calls=None, example_buffer=0,
+          prefetch_batches=0, drop_remainder=True, seed=None):
+  """Builds a batched dataset of segmentation examples.
+
+  Args:
+    input_reader_config: InputReader message.
+    batch_size: examples per batch (> 0). Batches > 1 need preprocessing that fixes the example size.
+    num_classes: label values must be in [0, num_classes) or equal ignore_label.
+    ignore_label: the label value of ignored pixels (0..255).
+    preprocess_fn: None, or a function (image, label) -> (image, label) on one example (image float32
+      [H, W, 3] in [0, 255], label uint8 [H, W, 1]), e.g. from preprocessor_builder.build() or
+      build_eval_preprocess_fn(). When it takes a `filename` keyword argument it also receives the record's
+      filename (string scalar), so that its run-time checks can name the record.
+    field_path: dotted path of input_reader_config, for error messages.
+    num_parallel_calls: parallel decode/preprocess calls when the config's num_parallel_calls is 0;
+      None or 0 means AUTOTUNE.
+    example_buffer: preprocessed examples prefetched before batching (0: none).
+    prefetch_batches: batches prefetched after batching (0: AUTOTUNE).
+    drop_remainder: drop a last partial batch, so that the batch dimension is static.
+    seed: seed of the file and record shuffles. With a seed (or with shuffle off) the reading order is
+      also deterministic; without one, parallel reads may be reordered for throughput.
+
+  Returns:
+    tf.data.Dataset of dicts (keys from InputDataFields):
+      image: float32 [N, H, W, 3], RGB in [0, 255], not mean-subtracted;
+      labels_class: uint8 [N, H, W, 1];
+      filename: string [N];
+      original_height, original_width: int32 [N], size of the decoded image before preprocessing.
+
+  Raises:
+    ConfigError: a config value that is not allowed, including an input_path glob matching no file.
+    ValueError: a bad argument, or batch_size > 1 with preprocessing that does not fix the example size.
+  """
+  if batch_size <= 0:
+    raise ValueError('batch_size must be > 0, got %r' % (batch_size,))
+  if num_classes <= 0:
+    raise ValueError('num_classes must be > 0, got %r' % (num_classes,))
+  if not 0 <= ignore_label <= 255:
+    raise ValueError('ignore_label must fit a uint8 label (0..255), got %r' % (ignore_label,))
+  require_oneof(input_reader_config, 'input_reader', field_path)
+  files = _list_input_files(input_reader_config.tf_record_input_reader,
+                            field_path + '.tf_record_input_reader')
+  config = input_reader_config
+  if config.num_readers == 0:
+    raise ConfigError(field_path + '.num_readers', config.num_readers, 'must be > 0')
+  if config.shuffle and config.shuffle_buffer_size == 0:
+    raise ConfigError(field_path + '.shuffle_buffer_size', config.shuffle_buffer_size,
+                      'must be > 0 when shuffle is true')
+
+  parallel_calls = config.num_parallel_calls or num_parallel_calls or tf.data.AUTOTUNE
+  deterministic = (not config.shuffle) or seed is not None
+
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if config.shuffle:
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+  dataset = dataset.interleave(tf.data.TFRecordDataset,
+                               cycle_length=min(config.num_readers, len(files)),
+                               block_length=1,
+                               num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=deterministic)
+  if config.num_examples > 0:
+    dataset = dataset.take(config.num_examples)
+  if config.shuffle:
+    dataset = dataset.shuffle(config.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+  # num_epochs == 0 repeats forever.
+  dataset = dataset.repeat(config.num_epochs or None)
+  dataset = dataset.map(_decode_fn(num_classes, ignore_label, preprocess_fn),
+                        num_parallel_calls=parallel_calls, deterministic=deterministic)
+
+  if batch_size > 1:
+    _check_batchable(dataset, batch_size)
+  if example_buffer > 0:
+    dataset = dataset.prefetch(example_buffer)
+  dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+  return dataset.prefetch(prefetch_batches or tf.data.AUTOTUNE)
+
+
+def _check_batchable(dataset, batch_size):
+  """Raises a ValueError naming the fix when examples could have different sizes in a batch."""
+  spec = dataset.element_spec
+  for key in (InputDataFields.image, InputDataFields.labels_class):
+    shape = spec[key].shape
+    if not shape.is_fully_defined():
+      raise ValueError(
+          'batch_size = %d needs every example to have the same size, but after preprocessing the %r '
+          'shape is %s. Add a random_image_crop (or resize_image) preprocessing step after any '
+          'random_image_scale, or use batch size 1.' % (batch_size, key, shape))
+
+
+def _require_positive_int(config, name, field_path):
+  """Returns config.<name>, raising ConfigError when it is unset or <= 0."""
+  if not config.HasField(name):
+    raise ConfigError('%s.%s' % (field_path, name), None, 'must be set to an integer > 0')
+  value = getattr(config, name)
+  if value <= 0:
+    raise ConfigError('%s.%s' % (field_path, name), value, 'must be > 0')
+  return value
+
+
+def build_eval_preprocess_fn(eval_config, ignore_label=255, field_path='eval_config'):
+  """Builds the evaluation preprocess_fn for build() from eval_config.eval_input_type.
+
+  padded_eval_input: pads image (MEAN_RGB) and label (ignore_label) at the bottom/right to height x width;
+    an image larger than that raises tf.errors.InvalidArgumentError at run time naming the record and
+    both sizes.
+  cropped_eval_input: the central height x width window, padded as above where the image is smaller.
+  unset: the identity (full-size images of varying size, so batch size 1).
+
+  Args:
+    eval_config: EvalConfig message.
+    ignore_label: label value of the padding.
+    field_path: dotted path of eval_config, for error messages.
+
+  Returns:
+    A function (image, label, filename=None) -> (image, label): image float32 [H, W, 3], label uint8
+    [H, W, 1]; with padding or cropping the output has the static shape [height, width, C].
+
+  Raises:
+    ConfigError: eval_input_type set with no oneof field, or a height/width unset or <= 0.
+  """
+  if not eval_config.HasField('eval_input_type'):
+    def identity(image, label, filename=None):
+      del filename  # Nothing to check.
+      return image, label
+    return identity
+
+  type_path = field_path + '.eval_input_type'
+  which = require_oneof(eval_config.eval_input_type, 'eval_input_type_oneof', type_path)
+  input_config = getattr(eval_config.eval_input_type, which)
+  height = _require_positive_int(input_config, 'height', '%s.%s' % (type_path, which))
+  width = _require_positive_int(input_config, 'width', '%s.%s' % (type_path, which))
+
+  if which == 'cropped_eval_input':
+    def central_crop(image, label, filename=None):
+      del filename  # Any size can be cropped or padded.
+      return preprocessor.central_crop_or_pad(image, label, height, width, ignore_label)
+    return central_crop
+
+  def pad(image, label, filename=None):
+    if filename is None:
+      filename = tf.constant('<unknown record>')
+    size = tf.shape(image)[:2]
+    # Padding cannot shrink an image; cropping it silently would evaluate on part of the frame only.
+    fits = tf.debugging.Assert(
+        tf.logical_and(size[0] <= height, size[1] <= width),
+        ['Image of record', filename, 'is larger than %s.height x width = %d x %d; (h, w) =' %
+         (type_path + '.padded_eval_input', height, width), size])
+    with tf.control_dependencies([fits]):
+      image = tf.identity(image)
+    image, label = preprocessor.pad_to_size(image, label, height, width, ignore_label)
+    # The assertion above makes the padded size exactly height x width.
+    image.set_shape([height, width, image.shape[2]])
+    label.set_shape([height, width, label.shape[2]])
+    return image, label
+
+  return pad

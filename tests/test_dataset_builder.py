@@ -1,0 +1,329 @@
+"""Tests of builders/dataset_builder.py on tiny TFRecords written to tmp_path."""
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from builders import dataset_builder
+from builders import preprocessor_builder
+from libs import preprocessor
+from libs.compat import tf
+from libs.config_errors import ConfigError
+from libs.standard_fields import InputDataFields as fields
+from protos import eval_pb2
+from protos import input_reader_pb2
+from protos import train_pb2
+from tests import testing_utils
+
+NUM_CLASSES = 5
+
+
+def _reader(paths, extra=''):
+  """An InputReader over the given input_path entries plus extra text-format fields."""
+  text = 'tf_record_input_reader { %s } %s' % (
+      ' '.join('input_path: "%s"' % p for p in paths), extra)
+  return text_format.Parse(text, input_reader_pb2.InputReader())
+
+
+def _write(path, names, height=6, width=7, seed=0, image_format='png'):
+  """Writes one record per name with random pixels and labels; returns {name: (image, label)}."""
+  rng = np.random.default_rng(seed)
+  examples = [testing_utils.random_segmentation_example(n, height, width, NUM_CLASSES, rng)
+              for n in names]
+  testing_utils.write_segmentation_tfrecord(path, examples, image_format=image_format)
+  return {name: (image, label) for name, image, label in examples}
+
+
+def _read(dataset, max_batches=100):
+  """Evaluates up to max_batches batches (fewer when the dataset ends); returns (batches, static spec)."""
+  batches = []
+  with tf.Graph().as_default():
+    dataset = dataset()
+    iterator = tf.data.make_initializable_iterator(dataset)
+    next_batch = iterator.get_next()
+    with tf.Session(config=testing_utils.session_config()) as sess:
+      sess.run(iterator.initializer)
+      for _ in range(max_batches):
+        try:
+          batches.append(sess.run(next_batch))
+        except tf.errors.OutOfRangeError:
+          break
+  return batches, dataset.element_spec
+
+
+def _filenames(batches):
+  return [name.decode() for batch in batches for name in batch[fields.filename]]
+
+
+def test_batched_train_reader_with_scale_crop_flip(tmp_path):
+  _write(tmp_path / 'train-00000.record', ['a%d' % i for i in range(4)], height=6, width=7, seed=1)
+  _write(tmp_path / 'train-00001.record', ['b%d' % i for i in range(4)], height=10, width=9, seed=2)
+  steps = text_format.Parse("""
+      preprocessor_step { random_image_scale { min_scale_ratio: 0.5 max_scale_ratio: 2.0 } }
+      preprocessor_step { random_image_crop { crop_height: 8 crop_width: 8 } }
+      preprocessor_step { random_horizontal_flip { } }
+  """, train_pb2.TrainConfig()).preprocessor_step
+  reader = _reader([str(tmp_path / 'train-*.record')], 'shuffle_buffer_size: 4 num_readers: 2')
+
+  batches, spec = _read(lambda: dataset_builder.build(
+      reader, batch_size=3, num_classes=NUM_CLASSES, preprocess_fn=preprocessor_builder.build(steps),
+      example_buffer=2, seed=7), max_batches=6)
+
+  assert spec[fields.image].shape.as_list() == [3, 8, 8, 3]
+  assert spec[fields.image].dtype == tf.float32
+  assert spec[fields.labels_class].shape.as_list() == [3, 8, 8, 1]
+  assert spec[fields.labels_class].dtype == tf.uint8
+  assert spec[fields.filename].shape.as_list() == [3]
+  assert spec[fields.original_height].dtype == tf.int32
+  assert spec[fields.original_width].dtype == tf.int32
+  # num_epochs defaults to 0: the 8 records repeat past 6 batches of 3.
+  assert len(batches) == 6
+  for batch in batches:
+    assert batch[fields.image].shape == (3, 8, 8, 3)
+    assert batch[fields.image].dtype == np.float32
+    assert 0.0 <= batch[fields.image].min() and batch[fields.image].max() <= 255.0
+    assert batch[fields.labels_class].dtype == np.uint8
+    assert set(np.unique(batch[fields.labels_class])) <= set(range(NUM_CLASSES)) | {255}
+    for name, height, width in zip(batch[fields.filename], batch[fields.original_height],
+                                   batch[fields.original_width]):
+      assert (height, width) == ((6, 7) if name.startswith(b'a') else (10, 9))
+  assert set(_filenames(batches)) == {'a0', 'a1', 'a2', 'a3', 'b0', 'b1', 'b2', 'b3'}
+
+
+def test_unshuffled_reader_keeps_file_order_and_values(tmp_path):
+  expected = _write(tmp_path / 'part-1.record', ['p1_0', 'p1_1'], seed=1)
+  expected.update(_write(tmp_path / 'part-0.record', ['p0_0', 'p0_1', 'p0_2'], seed=2))
+  expected.update(_write(tmp_path / 'extra.record', ['x_0'], seed=3))
+  # Each glob's matches are sorted; entries keep their config order.
+  reader = _reader([str(tmp_path / 'part-*.record'), str(tmp_path / 'extra.record')],
+                   'shuffle: false num_readers: 1 num_epochs: 1')
+
+  batches, _ = _read(lambda: dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES))
+
+  assert _filenames(batches) == ['p0_0', 'p0_1', 'p0_2', 'p1_0', 'p1_1', 'x_0']
+  for batch in batches:
+    image, label = expected[batch[fields.filename][0].decode()]
+    np.testing.assert_array_equal(batch[fields.image][0], image.astype(np.float32))
+    np.testing.assert_array_equal(batch[fields.labels_class][0, :, :, 0], label)
+    assert batch[fields.original_height][0] == 6 and batch[fields.original_width][0] == 7
+
+
+def test_unshuffled_parallel_reads_are_deterministic(tmp_path):
+  _write(tmp_path / 'a.record', ['a0', 'a1', 'a2'])
+  _write(tmp_path / 'b.record', ['b0', 'b1'])
+  reader = _reader([str(tmp_path / '*.record')], 'shuffle: false num_readers: 4 num_epochs: 2')
+
+  batches, _ = _read(lambda: dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES))
+
+  # Two files read round-robin (cycle_length = min(num_readers, files)), twice.
+  assert _filenames(batches) == ['a0', 'b0', 'a1', 'b1', 'a2'] * 2
+
+
+def test_num_examples_takes_the_first_records_each_epoch(tmp_path):
+  _write(tmp_path / 'a.record', ['a0', 'a1', 'a2', 'a3'])
+  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_examples: 3 num_epochs: 2')
+
+  batches, _ = _read(lambda: dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES))
+
+  assert _filenames(batches) == ['a0', 'a1', 'a2', 'a0', 'a1', 'a2']
+
+
+def test_jpeg_images_decode(tmp_path):
+  _write(tmp_path / 'a.record', ['a0'], image_format='jpeg')
+  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
+
+  batches, _ = _read(lambda: dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES))
+
+  assert batches[0][fields.image].shape == (1, 6, 7, 3)
+
+
+def test_bad_label_value_names_the_record(tmp_path):
+  rng = np.random.default_rng(0)
+  good = testing_utils.random_segmentation_example('good_frame.png', 4, 4, NUM_CLASSES, rng)
+  bad_label = np.full((4, 4), 255, np.uint8)
+  bad_label[0, 0] = 3
+  bad_label[1, 2] = 7
+  bad_label[2, 2] = 7
+  bad_label[3, 3] = 42
+  testing_utils.write_segmentation_tfrecord(
+      tmp_path / 'a.record', [good, ('frankfurt_bad_frame.png', good[1], bad_label)])
+  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
+
+  with pytest.raises(tf.errors.InvalidArgumentError) as error:
+    _read(lambda: dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES))
+
+  message = error.value.message
+  assert 'frankfurt_bad_frame.png' in message
+  assert '7 42' in message
+  assert 'good_frame' not in message
+
+
+def test_ignore_label_and_every_class_are_accepted(tmp_path):
+  label = np.array([[0, 1, 2], [3, 4, 255]], np.uint8)
+  image = np.zeros((2, 3, 3), np.uint8)
+  testing_utils.write_segmentation_tfrecord(tmp_path / 'a.record', [('ok', image, label)])
+  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
+
+  batches, _ = _read(lambda: dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES))
+
+  np.testing.assert_array_equal(batches[0][fields.labels_class][0, :, :, 0], label)
+
+
+def test_image_and_label_size_mismatch_names_the_record(tmp_path):
+  testing_utils.write_segmentation_tfrecord(
+      tmp_path / 'a.record',
+      [('mismatched_frame', np.zeros((4, 5, 3), np.uint8), np.zeros((4, 6), np.uint8))])
+  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
+
+  with pytest.raises(tf.errors.InvalidArgumentError, match='mismatched_frame'):
+    _read(lambda: dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES))
+
+
+def test_glob_matching_nothing_names_the_entry(tmp_path):
+  _write(tmp_path / 'a.record', ['a0'])
+  missing = str(tmp_path / 'missing-*.record')
+  reader = _reader([str(tmp_path / 'a.record'), missing])
+
+  with pytest.raises(ConfigError) as error:
+    dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES, field_path='eval_input_reader')
+
+  assert error.value.field == 'eval_input_reader.tf_record_input_reader.input_path[1]'
+  assert error.value.value == missing
+  assert missing in str(error.value)
+
+
+@pytest.mark.parametrize('text,field,value', [
+    ('shuffle: true', 'train_input_reader', None),
+    ('tf_record_input_reader { }', 'train_input_reader.tf_record_input_reader.input_path', []),
+    ('tf_record_input_reader { input_path: "%s" } num_readers: 0', 'train_input_reader.num_readers', 0),
+    ('tf_record_input_reader { input_path: "%s" } shuffle_buffer_size: 0',
+     'train_input_reader.shuffle_buffer_size', 0),
+])
+def test_invalid_reader_config(tmp_path, text, field, value):
+  path = str(tmp_path / 'a.record')
+  _write(path, ['a0'])
+  reader = text_format.Parse(text.replace('%s', path), input_reader_pb2.InputReader())
+
+  with pytest.raises(ConfigError) as error:
+    dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES)
+
+  assert error.value.field == field
+  assert error.value.value == value
+
+
+def test_unshuffled_reader_accepts_zero_shuffle_buffer(tmp_path):
+  _write(tmp_path / 'a.record', ['a0'])
+  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false shuffle_buffer_size: 0 num_epochs: 1')
+  batches, _ = _read(lambda: dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES))
+  assert _filenames(batches) == ['a0']
+
+
+def test_batch_without_fixed_size_gives_clear_error(tmp_path):
+  _write(tmp_path / 'a.record', ['a0'])
+  reader = _reader([str(tmp_path / 'a.record')])
+  steps = text_format.Parse('preprocessor_step { random_horizontal_flip { } }',
+                            train_pb2.TrainConfig()).preprocessor_step
+  for preprocess_fn in (None, preprocessor_builder.build(steps)):
+    with tf.Graph().as_default():
+      with pytest.raises(ValueError, match='random_image_crop'):
+        dataset_builder.build(reader, batch_size=2, num_classes=NUM_CLASSES, preprocess_fn=preprocess_fn)
+
+
+def _eval_config(text):
+  return text_format.Parse(text, eval_pb2.EvalConfig())
+
+
+def test_padded_eval_input_pads_image_and_label(tmp_path):
+  expected = _write(tmp_path / 'a.record', ['a0', 'a1'], height=6, width=7)
+  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
+  preprocess_fn = dataset_builder.build_eval_preprocess_fn(
+      _eval_config('eval_input_type { padded_eval_input { height: 8 width: 9 } }'), ignore_label=255)
+
+  batches, spec = _read(lambda: dataset_builder.build(
+      reader, batch_size=2, num_classes=NUM_CLASSES, preprocess_fn=preprocess_fn))
+
+  assert spec[fields.image].shape.as_list() == [2, 8, 9, 3]
+  [batch] = batches
+  for i, name in enumerate(_filenames(batches)):
+    image, label = expected[name]
+    np.testing.assert_array_equal(batch[fields.image][i, :6, :7], image.astype(np.float32))
+    np.testing.assert_array_equal(batch[fields.labels_class][i, :6, :7, 0], label)
+    assert (batch[fields.labels_class][i, 6:] == 255).all()
+    assert (batch[fields.labels_class][i, :, 7:] == 255).all()
+    np.testing.assert_allclose(batch[fields.image][i, 6:, :], np.broadcast_to(
+        np.array(preprocessor.MEAN_RGB, np.float32), (2, 9, 3)))
+  np.testing.assert_array_equal(batch[fields.original_height], [6, 6])
+  np.testing.assert_array_equal(batch[fields.original_width], [7, 7])
+
+
+def test_padded_eval_input_rejects_oversized_image(tmp_path):
+  _write(tmp_path / 'a.record', ['too_big_frame.png'], height=6, width=10)
+  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
+  preprocess_fn = dataset_builder.build_eval_preprocess_fn(
+      _eval_config('eval_input_type { padded_eval_input { height: 8 width: 9 } }'), ignore_label=255)
+
+  with pytest.raises(tf.errors.InvalidArgumentError) as error:
+    _read(lambda: dataset_builder.build(
+        reader, batch_size=1, num_classes=NUM_CLASSES, preprocess_fn=preprocess_fn))
+
+  message = error.value.message
+  assert 'too_big_frame.png' in message
+  assert '8 x 9' in message
+  assert '[6 10]' in message
+
+
+def test_cropped_eval_input_crops_centre_and_pads(tmp_path):
+  expected = _write(tmp_path / 'a.record', ['a0'], height=6, width=7)
+  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
+  preprocess_fn = dataset_builder.build_eval_preprocess_fn(
+      _eval_config('eval_input_type { cropped_eval_input { height: 4 width: 9 } }'), ignore_label=255)
+
+  batches, spec = _read(lambda: dataset_builder.build(
+      reader, batch_size=1, num_classes=NUM_CLASSES, preprocess_fn=preprocess_fn))
+
+  assert spec[fields.labels_class].shape.as_list() == [1, 4, 9, 1]
+  label = batches[0][fields.labels_class][0, :, :, 0]
+  np.testing.assert_array_equal(label[:, :7], expected['a0'][1][1:5])
+  assert (label[:, 7:] == 255).all()
+
+
+def test_unset_eval_input_type_is_identity(tmp_path):
+  _write(tmp_path / 'a.record', ['a0'], height=6, width=7)
+  _write(tmp_path / 'b.record', ['b0'], height=3, width=5)
+  reader = _reader([str(tmp_path / '*.record')], 'shuffle: false num_epochs: 1')
+  preprocess_fn = dataset_builder.build_eval_preprocess_fn(_eval_config('num_examples: 2'), 255)
+
+  batches, _ = _read(lambda: dataset_builder.build(
+      reader, batch_size=1, num_classes=NUM_CLASSES, preprocess_fn=preprocess_fn))
+
+  assert [b[fields.image].shape for b in batches] == [(1, 6, 7, 3), (1, 3, 5, 3)]
+
+
+@pytest.mark.parametrize('text,field,value', [
+    ('eval_input_type { }', 'eval_config.eval_input_type', None),
+    ('eval_input_type { padded_eval_input { width: 9 } }',
+     'eval_config.eval_input_type.padded_eval_input.height', None),
+    ('eval_input_type { padded_eval_input { height: 8 width: 0 } }',
+     'eval_config.eval_input_type.padded_eval_input.width', 0),
+    ('eval_input_type { cropped_eval_input { height: -1 width: 3 } }',
+     'eval_config.eval_input_type.cropped_eval_input.height', -1),
+])
+def test_invalid_eval_input_type(text, field, value):
+  with pytest.raises(ConfigError) as error:
+    dataset_builder.build_eval_preprocess_fn(_eval_config(text), 255)
+  assert error.value.field == field
+  assert error.value.value == value
+
+
+@pytest.mark.parametrize('drop_remainder,sizes', [(True, [2]), (False, [2, 1])])
+def test_drop_remainder(tmp_path, drop_remainder, sizes):
+  _write(tmp_path / 'a.record', ['a0', 'a1', 'a2'])
+  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
+  steps = text_format.Parse('preprocessor_step { resize_image { new_height: 3 new_width: 4 } }',
+                            train_pb2.TrainConfig()).preprocessor_step
+
+  batches, _ = _read(lambda: dataset_builder.build(
+      reader, batch_size=2, num_classes=NUM_CLASSES, preprocess_fn=preprocessor_builder.build(steps),
+      drop_remainder=drop_remainder))
+
+  assert [len(b[fields.filename]) for b in batches] == sizes
+  assert batches[0][fields.image].shape == (2, 3, 4, 3)
