@@ -53,11 +53,10 @@ def adaptive_average_pool(features, bins):
   Raises:
     ValueError: if h or w is not static.
   """
-  height, width = features.shape[1], features.shape[2]
+  height, width = features.shape.as_list()[1:3]
   if height is None or width is None:
     raise ValueError('Pyramid pooling needs a static feature map size, got %s for %s; give the network inputs '
                      'of a fixed size (crop or pad them).' % (features.shape, features.name))
-  height, width = int(height), int(width)
 
   def cell_bounds(size, i):
     return (i * size) // bins, -((-(i + 1) * size) // bins)
@@ -172,9 +171,11 @@ class PSPNetArchitecture(object):
       branches = [features]
       with slim.arg_scope([slim.conv2d], activation_fn=tf.nn.relu6):
         for bins in self._pooling_factors:
-          pooled = adaptive_average_pool(features, bins)
+          with tf.name_scope('Pool%d' % bins):
+            pooled = adaptive_average_pool(features, bins)
           pooled = slim.conv2d(pooled, self._scaled(PSP_DEPTH), 1)
-          branches.append(resize_bilinear(pooled, size))
+          with tf.name_scope('Upsample%d' % bins):
+            branches.append(resize_bilinear(pooled, size))
         net = tf.concat(branches, axis=3, name='concat')
         return slim.conv2d(net, self._scaled(PSP_DEPTH), 3)
 

@@ -1,0 +1,85 @@
+"""Shared pytest fixtures: fast session configs, a tiny PSPNet pipeline config, and a small Cityscapes-format
+dataset (the real sample frame plus synthetic frames) converted to TFRecords once per test session."""
+import os
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)
+
+from libs.compat import tf  # noqa: E402  pylint: disable=wrong-import-position
+from tensorflow.core.protobuf import rewriter_config_pb2  # noqa: E402  pylint: disable=wrong-import-position
+
+SAMPLE_DIR = os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cityscapes_sample')
+
+
+def fast_session_config():
+  """Grappler's meta-optimizer off: the first step of a test graph runs ~3x faster; results are the same."""
+  return tf.ConfigProto(graph_options=tf.GraphOptions(
+      rewrite_options=rewriter_config_pb2.RewriterConfig(disable_meta_optimizer=True)))
+
+
+TINY_MODEL = """
+model {
+  pspnet {
+    num_classes: %(num_classes)d
+    filter_scale: 0.0625
+    dropout_keep_prob: 1.0
+    feature_extractor { type: "dilated_resnet50" num_units_per_block: [1, 1, 1, 1] }
+    hyperparams {
+      batch_norm { train: true scale: true center: true decay: 0.9 epsilon: 0.00001 }
+      regularizer { l2_regularizer { weight: 0.0001 } }
+      initializer { variance_scaling_initializer {} }
+    }
+    loss { classification_loss { softmax {} } use_auxiliary_loss: true aux_loss_weight: 0.4 }
+  }
+}
+"""
+
+TINY_TRAIN = """
+train_config {
+  batch_size: %(batch_size)d
+  num_steps: %(num_steps)d
+  optimizer { adam_optimizer { learning_rate { constant_learning_rate { learning_rate: 0.003 } } } }
+  preprocessor_step { random_image_crop { crop_height: %(crop)d crop_width: %(crop)d } }
+}
+train_input_reader {
+  shuffle: false
+  num_readers: 1
+  tf_record_input_reader { input_path: "%(train_record)s" }
+}
+eval_config {
+  num_examples: 0
+  eval_input_type { padded_eval_input { height: 129 width: 257 } }
+}
+eval_input_reader {
+  shuffle: false
+  num_readers: 1
+  tf_record_input_reader { input_path: "%(val_record)s" }
+}
+"""
+
+
+def tiny_pipeline_text(train_record, val_record=None, batch_size=2, num_steps=4, crop=65, num_classes=19):
+  values = dict(train_record=train_record, val_record=val_record or train_record, batch_size=batch_size,
+                num_steps=num_steps, crop=crop, num_classes=num_classes)
+  return TINY_MODEL % values + TINY_TRAIN % values
+
+
+@pytest.fixture(scope='session')
+def cityscapes_records(tmp_path_factory):
+  """{'dir': dataset root, 'train': record, 'val': record} of 8 synthetic train frames and 2 synthetic + the
+  real sample val frames, 256x128."""
+  from dataset_tools import create_cityscapes_tfrecord  # pylint: disable=import-outside-toplevel
+  from dataset_tools import make_synthetic_cityscapes  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp('cityscapes')
+  dataset = str(root / 'cityscapes')
+  make_synthetic_cityscapes.make_dataset(dataset, num_train=8, num_val=2, sample_dir=SAMPLE_DIR)
+  out = str(root / 'records')
+  records = {'dir': dataset}
+  for split in ('train', 'val'):
+    create_cityscapes_tfrecord.convert(dataset, split, out)
+    records[split] = os.path.join(out, 'cityscapes_%s.record' % split)
+  return records
