@@ -76,7 +76,8 @@ def batch_norm(inputs,
     raise ValueError('batch_norm: is_training must be a python bool, got %r' % (is_training,))
   with tf.variable_scope(scope, 'BatchNorm', [inputs], reuse=reuse) as sc:
     inputs = tf.convert_to_tensor(inputs)
-    channels = inputs.shape[-1]
+    # dimension_value: in TF1 graph mode shape[-1] is a Dimension (Dimension(None), not None, when unknown).
+    channels = tf.compat.dimension_value(inputs.shape[-1])
     if channels is None:
       raise ValueError('batch_norm: inputs %s must have a static channel count' % inputs.name)
     params_shape = [int(channels)]
