@@ -123,9 +123,13 @@ def batch_norm(inputs,
       outputs = tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, epsilon)
 
     if is_training:
-      update_mean = moving_averages.assign_moving_average(moving_mean, mean, decay, zero_debias=False)
+      # decay as a tensor of the statistics' dtype: a python float would go through float32 (1 - decay loses
+      # ~1e-8 in float64 graphs).
+      decay_tensor = tf.constant(decay, dtype=param_dtype, name='decay')
+      update_mean = moving_averages.assign_moving_average(moving_mean, tf.cast(mean, param_dtype),
+                                                          decay_tensor, zero_debias=False)
       update_variance = moving_averages.assign_moving_average(
-          moving_variance, unbiased_variance, decay, zero_debias=False)
+          moving_variance, tf.cast(unbiased_variance, param_dtype), decay_tensor, zero_debias=False)
       if updates_collections is None:
         with tf.control_dependencies([update_mean, update_variance]):
           outputs = tf.identity(outputs)

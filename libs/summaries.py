@@ -73,10 +73,11 @@ def training_summaries(total_loss, losses, learning_rate, batch, predictions, mo
           if name in LOSS_TAGS]
   images, labels = batch[fields.image], batch[fields.labels_class]
   size = tf.shape(images)[1:3]
+  # Summary ops are created outside name scopes: a name scope would prefix their tags.
   if image_summaries:
     with tf.name_scope('ImageSummaries'):
       prediction = model.postprocess(predictions, size)['predictions']
-      ops += _image_triplet('Images', images, labels, prediction, model.num_classes, model.ignore_label)
+    ops += _image_triplet('Images', images, labels, prediction, model.num_classes, model.ignore_label)
   if test_image_summaries:
     with tf.name_scope('TestImageSummaries'):
       test_model = model_builder.build(model_config, is_training=False)
@@ -84,6 +85,6 @@ def training_summaries(total_loss, losses, learning_rate, batch, predictions, mo
       with tf.variable_scope(tf.get_variable_scope(), reuse=True):
         test_predictions = test_model.predict(test_model.preprocess(first_image), reuse=True)
       prediction = test_model.postprocess(test_predictions, size)['predictions']
-      ops += _image_triplet('TestImages', first_image, first_label, prediction, model.num_classes,
-                            model.ignore_label)
+    ops += _image_triplet('TestImages', first_image, first_label, prediction, model.num_classes,
+                          model.ignore_label)
   return tf.summary.merge(ops)

@@ -132,8 +132,9 @@ def _split_batch(batch, num_clones):
 
 class _Graph(collections.namedtuple('_Graph', [
     'train_op', 'global_step', 'total_loss', 'losses', 'learning_rate', 'summary_op', 'model',
-    'batch_size'])):
-  pass
+    'batch_size', 'update_ops'])):
+  """Tensors of a training graph. train_op returns the global step after the update; update_ops are the
+  batch-norm moving-average updates it runs."""
 
 
 def build_training_graph(pipeline_config, options):
@@ -213,7 +214,7 @@ def build_training_graph(pipeline_config, options):
       image_summaries=options.image_summaries, test_image_summaries=options.test_image_summaries,
       model_config=model_config)
   return _Graph(train_op, global_step, total_loss, losses, learning_rate, summary_op, main_model,
-                train_config.batch_size)
+                train_config.batch_size, update_ops)
 
 
 def _variables_to_train(train_config):

@@ -268,9 +268,9 @@ def test_float64_moments_path_is_numpy_exact_with_bessel_update():
       moving_mean, moving_variance = sess.run([variables['moving_mean'], variables['moving_variance']])
   reference = _np_normalize(batch, batch.mean(axis=(0, 1, 2)), batch.var(axis=(0, 1, 2)), beta, gamma, epsilon)
   np.testing.assert_allclose(value, reference, rtol=0, atol=1e-12)
-  # assign_moving_average converts 1 - decay to a float32 tensor, so the update is exact to ~1e-8 only.
-  np.testing.assert_allclose(moving_mean, (1 - DECAY) * batch.mean(axis=(0, 1, 2)), rtol=1e-7)
-  np.testing.assert_allclose(moving_variance, DECAY + (1 - DECAY) * _np_bessel_variance(batch), rtol=1e-7)
+  # decay is passed in the statistics' dtype, so the float64 update is exact too.
+  np.testing.assert_allclose(moving_mean, (1 - DECAY) * batch.mean(axis=(0, 1, 2)), rtol=1e-12)
+  np.testing.assert_allclose(moving_variance, DECAY + (1 - DECAY) * _np_bessel_variance(batch), rtol=1e-12)
 
 
 def test_float64_inference_uses_moving_statistics_exactly():
