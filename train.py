@@ -77,6 +77,11 @@ def main(argv):
   run(options_from_flags())
 
 
-if __name__ == '__main__':
+def console_main():
+  """Entry point of the installed `pspnet-train` command."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  console_main()

@@ -234,5 +234,10 @@ def main(argv=None):
   return 0
 
 
-if __name__ == '__main__':
+def console_main():
+  """Entry point of the installed console command."""
   sys.exit(main())
+
+
+if __name__ == '__main__':
+  console_main()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The toolkit end to end on a small built-in Cityscapes-format dataset (a few minutes on a laptop CPU):
+#   1. make the dataset: the real Cityscapes frame in ../shared/data/cityscapes_sample (when present) plus
+#      synthetic frames in the official folder layout (leftImg8bit/, gtFine/ with labelIds/labelTrainIds);
+#   2. convert train and val to TFRecords;
+#   3. train the small PSPNet of configs/pspnet_demo_tiny.config.
+# Everything goes to ./demo_output (delete it to start over; re-running resumes training).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+OUT=demo_output
+SAMPLE=../shared/data/cityscapes_sample
+SAMPLE_ARG=()
+if [ -d "$SAMPLE" ]; then SAMPLE_ARG=(--sample_dir "$SAMPLE"); fi
+
+echo "== 1/3 dataset -> $OUT/cityscapes"
+if [ ! -d "$OUT/cityscapes/leftImg8bit" ]; then
+  python dataset_tools/make_synthetic_cityscapes.py --output_dir "$OUT/cityscapes" --num_train 24 --num_val 4 \
+    "${SAMPLE_ARG[@]}"
+fi
+
+echo "== 2/3 TFRecords -> $OUT/records"
+for split in train val; do
+  python dataset_tools/create_cityscapes_tfrecord.py --cityscapes_dir "$OUT/cityscapes" --split_type "$split" \
+    --output_dir "$OUT/records"
+done
+
+echo "== 3/3 train -> $OUT/train"
+python train.py --config_path configs/pspnet_demo_tiny.config --logdir "$OUT/train" --log_every_n_steps 10 \
+  --image_summaries --test_image_summaries --save_summaries_secs 5
+
+echo "Done. TensorBoard: tensorboard --logdir train:$OUT/train"
