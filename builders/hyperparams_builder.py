@@ -98,6 +98,7 @@ def build_batch_norm_params(config, is_training, field_path='batch_norm'):
       'scale': config.scale,
       'is_training': bool(is_training and config.train),
       'trainable': bool(config.train),
+      'sync_across_clones': bool(config.sync_across_clones),
   }
 
 
