@@ -196,12 +196,14 @@ def test_batch_norm_params():
   config = _config('batch_norm { decay: 0.9997 epsilon: 0.00001 scale: true center: false train: true }')
   params = hyperparams_builder.build_batch_norm_params(config.batch_norm, is_training=True)
   assert params == {'decay': pytest.approx(0.9997), 'epsilon': pytest.approx(1e-5), 'center': False,
-                    'scale': True, 'is_training': True, 'trainable': True}
+                    'scale': True, 'is_training': True, 'trainable': True, 'sync_across_clones': False}
   params = hyperparams_builder.build_batch_norm_params(config.batch_norm, is_training=False)
   assert params['is_training'] is False and params['trainable'] is True
   defaults = hyperparams_builder.build_batch_norm_params(hyperparams_pb2.BatchNorm(), is_training=True)
   assert defaults == {'decay': pytest.approx(0.999), 'epsilon': pytest.approx(0.001), 'center': True,
-                      'scale': False, 'is_training': True, 'trainable': True}
+                      'scale': False, 'is_training': True, 'trainable': True, 'sync_across_clones': False}
+  synced = _config('batch_norm { sync_across_clones: true }')
+  assert hyperparams_builder.build_batch_norm_params(synced.batch_norm, True)['sync_across_clones'] is True
 
 
 def _frozen_or_not(text, is_training):
