@@ -1,8 +1,9 @@
 """Installs the PSPNet toolkit: `pip install .` (add -e for development).
 
 Installs the packages (architectures, builders, libs, protos, dataset_tools), the top-level scripts as modules,
-and console commands: pspnet-train, pspnet-create-cityscapes-tfrecord, pspnet-make-demo-dataset. The protos are
-compiled at build time; the scripts also run from the repository root (`python train.py ...`) as in the README.
+and console commands: pspnet-train, pspnet-eval, pspnet-create-cityscapes-tfrecord, pspnet-make-demo-dataset. The
+protos are compiled at build time; the scripts also run from the repository root (`python train.py ...`) as in the
+README.
 """
 import os
 
@@ -26,7 +27,7 @@ class BuildPyWithProtos(build_py):
     super().run()
 
 
-SCRIPTS = ['train']
+SCRIPTS = ['train', 'eval']
 
 setup(
     name='pspnet-toolkit',
@@ -40,6 +41,7 @@ setup(
     cmdclass={'build_py': BuildPyWithProtos},
     entry_points={'console_scripts': [
         'pspnet-train=train:console_main',
+        'pspnet-eval=eval:console_main',
         'pspnet-create-cityscapes-tfrecord=dataset_tools.create_cityscapes_tfrecord:console_main',
         'pspnet-make-demo-dataset=dataset_tools.make_synthetic_cityscapes:console_main',
     ]},
