@@ -1,0 +1,79 @@
+r"""Exports a trained PSPNet: frozen graph, SavedModel, model figures, ICNet seed checkpoint (README, "Export").
+
+    python export.py \
+        --config_path configs/pspnet_1.0_713_resnet_v1.config \
+        --trained_checkpoint /tmp/pspnet_1.0_713_resnet_v1_TRAIN \
+        --output_dir /tmp/pspnet_export \
+        --input_shape 1,1024,2048,3 --pad_to_shape 1025,2049
+
+writes output_dir/frozen_inference_graph.pb (uint8 `inputs` -> int32 `predictions`), output_dir/saved_model/
+(signature `serving_default`) and output_dir/model_figures.json (parameters, MACs, inference time). Without
+--trained_checkpoint only the figures are computed (timed with random weights), to compare architectures before
+training. --export_checkpoint (or --checkpoint_only) adds a clean checkpoint of the model variables and
+name_map.json, to initialise ICNet. Flags follow the original TF1 toolkit's export.py.
+"""
+from absl import app
+from absl import flags
+
+from libs import config_util
+from libs import exporter
+from libs.compat import tf
+
+FLAGS = flags.FLAGS
+logger = tf.get_logger()
+
+
+def define_flags():
+  flags.DEFINE_string('config_path', None, 'The pipeline config of the model.')
+  flags.DEFINE_string('trained_checkpoint', None, 'A checkpoint prefix or a training directory (its latest '
+                      'checkpoint). Without it only the figures are computed.')
+  flags.DEFINE_string('output_dir', None, 'Directory for the exported files.')
+  flags.DEFINE_string('input_shape', '1,1024,2048,3', 'Shape of the uint8 `inputs` placeholder: N,H,W,3 '
+                      '(predictions int32 [N,H,W]) or H,W,3 (predictions [H,W]); -1 for a dynamic dimension '
+                      '(a dynamic H or W needs --pad_to_shape).')
+  flags.DEFINE_string('pad_to_shape', '', 'H,W the network runs at; inputs are padded to it with the mean colour '
+                      'and predictions cropped back. Empty: the input size rounded up to the next multiple of '
+                      'the output stride plus one (1024,2048 -> 1025,2049).')
+  flags.DEFINE_integer('num_timing_runs', 5, 'Timed batch-1 runs for the inference-time figure (median '
+                       'reported); 0 skips timing.')
+  flags.DEFINE_integer('num_warmup_runs', 2, 'Untimed runs before the timed ones.')
+  flags.DEFINE_boolean('export_checkpoint', False, 'Also write model.ckpt (model variables only, batch-norm '
+                       'statistics included, no optimizer slots or global step) and name_map.json: the seed '
+                       'checkpoint for ICNet (fine_tune_checkpoint_type: "segmentation").')
+  flags.DEFINE_boolean('checkpoint_only', False, 'Write only the seed checkpoint, name_map.json and the figures '
+                       '(no frozen graph, SavedModel or timing).')
+  flags.DEFINE_boolean('allow_growth', False, 'Let TensorFlow grow GPU memory as needed.')
+  flags.mark_flags_as_required(['config_path', 'output_dir'])
+
+
+def main(argv):
+  del argv
+  config = config_util.load_pipeline_config(FLAGS.config_path)
+  if FLAGS.num_timing_runs < 0 or FLAGS.num_warmup_runs < 0:
+    raise ValueError('--num_timing_runs = %d, --num_warmup_runs = %d: must be >= 0'
+                     % (FLAGS.num_timing_runs, FLAGS.num_warmup_runs))
+  session_config = tf.ConfigProto(allow_soft_placement=True)
+  session_config.gpu_options.allow_growth = FLAGS.allow_growth
+  if not FLAGS.trained_checkpoint:
+    logger.info('No --trained_checkpoint: computing the model figures only (timing with random weights).')
+  with config_util.naming_config_file(FLAGS.config_path):
+    result = exporter.export(
+        config.model, FLAGS.output_dir, trained_checkpoint=FLAGS.trained_checkpoint,
+        input_shape=exporter.parse_shape(FLAGS.input_shape, '--input_shape', (3, 4)),
+        pad_to_shape=exporter.parse_shape(FLAGS.pad_to_shape, '--pad_to_shape', (2,)),
+        num_timing_runs=FLAGS.num_timing_runs, num_warmup_runs=FLAGS.num_warmup_runs,
+        export_checkpoint=FLAGS.export_checkpoint, checkpoint_only=FLAGS.checkpoint_only,
+        session_config=session_config, config_path=FLAGS.config_path)
+  for line in exporter.format_figures(result.figures):
+    print(line)
+  print('Figures written to %s/%s' % (FLAGS.output_dir, exporter.FIGURES_NAME))
+
+
+def console_main():
+  """Entry point of the installed `pspnet-export` command."""
+  define_flags()
+  app.run(main)
+
+
+if __name__ == '__main__':
+  console_main()

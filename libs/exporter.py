@@ -1,0 +1,607 @@
+"""Inference graphs and what is exported from them: frozen graphs, SavedModels, model figures, seed checkpoints.
+
+The deployment conventions follow the TF Object Detection API's exporter (`frozen_inference_graph.pb` and
+`saved_model/` with a `serving_default` signature beside each other, input and output tensors with fixed names),
+and the original TF1 PSPNet/ICNet toolkit's `--input_shape` / `--pad_to_shape` pair:
+
+    inputs        uint8 [N, H, W, 3] (or [H, W, 3]) RGB, the placeholder named `inputs`
+      -> Preprocessor (subtract MEAN_RGB)
+      -> PadToNetworkShape: zero padding at the bottom/right up to the network shape (zero after the mean
+         subtraction = the mean colour, as the padded evaluation input of builders/dataset_builder.py)
+      -> SharedFeatureExtractor / PSPModule / Logits (inference mode: moving batch-norm statistics, no dropout,
+         no auxiliary head)
+      -> Postprocessor: logits upsampled (aligned corners) to the network shape, arg-max
+      -> CropToInput: back to H x W
+    predictions   int32 [N, H, W] (or [H, W]) train ids, the tensor named `predictions`
+
+The network shape must be static (the pyramid pooling bins depend on it); the input's H and W may be dynamic
+(any image up to the network shape). When not given, the network shape is the input shape rounded up to the
+next size s with (s - 1) divisible by the output stride, so that the stride-8 logits zoom back exactly
+(1024 x 2048 -> 1025 x 2049, the padding of the Cityscapes eval config; 713 stays 713).
+
+Model figures (the comparison the seed motivates PSPNet50 with: parameters, FLOPs, inference time):
+  * parameters of the inference graph: model variables without the batch-norm moving statistics (46,591,571
+    for PSPNet50 at 19 classes);
+  * multiply-accumulates counted analytically over the Conv2D/DepthwiseConv2dNative ops as executed
+    (output elements x kh x kw x input channels per group; atrous convolutions run as SpaceToBatchND + Conv2D
+    and are counted as such), and cross-checked with TensorFlow's profiler, which counts 2 FLOPs per MAC;
+  * median wall time of a batch-1 run after warm-up, with the trained weights or random ones.
+
+Seed checkpoints (to initialise ICNet or another PSPNet run) hold exactly the model variables of the training
+graph (weights, biases, batch-norm beta/gamma and moving statistics, the auxiliary head), under their own names,
+without optimizer slots or the global step; `name_map.json` lists each with its shape and network part.
+"""
+import collections
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from architectures import pspnet_architecture
+from builders import model_builder
+from libs import checkpoint_utils
+from libs import config_util
+from libs.compat import slim
+from libs.compat import tf
+from protos import model_pb2
+
+# pylint: disable=g-direct-tensorflow-import,g-bad-import-order
+# The non-deprecated implementation behind tf.compat.v1.graph_util.convert_variables_to_constants (which
+# only wraps it and logs a deprecation warning); it handles resource variables.
+from tensorflow.python.framework import convert_to_constants
+# The profiler, the freezer and the SavedModel signature helpers call TF1 helpers that log a deprecation
+# notice on every export; they are the intended graph-mode APIs here, so the notices are silenced around them.
+from tensorflow.python.util import deprecation
+# pylint: enable=g-direct-tensorflow-import,g-bad-import-order
+
+logger = tf.get_logger()
+
+INPUT_NAME = 'inputs'
+OUTPUT_NAME = 'predictions'
+SIGNATURE_NAME = 'serving_default'
+FROZEN_GRAPH_NAME = 'frozen_inference_graph.pb'
+SAVED_MODEL_DIR = 'saved_model'
+FIGURES_NAME = 'model_figures.json'
+NAME_MAP_NAME = 'name_map.json'
+SEED_CHECKPOINT_NAME = 'model.ckpt'
+
+# Network parts by scope prefix (architectures/pspnet_architecture.py), in graph order.
+PARTS = (
+    (pspnet_architecture.FEATURE_EXTRACTOR_SCOPE + '/', 'backbone'),
+    (pspnet_architecture.PSP_MODULE_SCOPE + '/', 'PSPModule'),
+    (pspnet_architecture.LOGITS_SCOPE + '/', 'Logits'),
+    (pspnet_architecture.AUX_HEAD_SCOPE + '/', 'AuxHead'),
+)
+# What a downstream ICNet does with each part of a seed checkpoint (also written into name_map.json).
+PART_USE = {
+    'backbone': 'SharedFeatureExtractor/resnet_v1_50/...: ICNet branches built under the same names restore it '
+                '(fine_tune_checkpoint_type: "segmentation")',
+    'PSPModule': 'PSPModule/...: restored by a model whose pyramid module has these names and shapes; another '
+                 'scope (the original ICNet\'s FastPSPModule) starts fresh and is logged as not in checkpoint',
+    'Logits': 'Logits/...: PSPNet\'s 1x1 classifier; restored only by a head with the same name and class count',
+    'AuxHead': 'AuxHead/...: PSPNet\'s training-only auxiliary head on block3',
+}
+_MOVING_STATISTICS = ('/moving_mean', '/moving_variance')
+_CONV_TYPES = ('Conv2D', 'DepthwiseConv2dNative')
+
+
+def part_of(name):
+  """The network part ('backbone', 'PSPModule', 'Logits', 'AuxHead' or 'other') of a variable or op name."""
+  for prefix, part in PARTS:
+    if name.startswith(prefix):
+      return part
+  return 'other'
+
+
+def parse_shape(text, flag, ranks):
+  """Parses a shape flag like '1,1024,2048,3' or '1025,2049'.
+
+  Args:
+    text: comma-separated integers; -1 marks a dynamic dimension. Empty: None.
+    flag: the flag name, for error messages.
+    ranks: allowed numbers of values.
+
+  Returns:
+    tuple of ints (None for -1), or None for an empty text.
+
+  Raises:
+    ValueError: naming the flag and the value, for a malformed shape.
+  """
+  if text is None or not text.strip():
+    return None
+  try:
+    dims = [int(part) for part in text.split(',')]
+  except ValueError:
+    raise ValueError('%s = %r: expected comma-separated integers, e.g. %s' % (
+        flag, text, ','.join(['1', '1024', '2048', '3'][-max(ranks):]))) from None
+  if len(dims) not in ranks:
+    raise ValueError('%s = %r: expected %s values, got %d' % (
+        flag, text, ' or '.join(str(r) for r in ranks), len(dims)))
+  if any(d == 0 or d < -1 for d in dims):
+    raise ValueError('%s = %r: dimensions must be > 0 (or -1 for any size)' % (flag, text))
+  return tuple(None if d == -1 else d for d in dims)
+
+
+def output_stride(model_config):
+  """The backbone output stride of a Model config (8 unless set)."""
+  which = model_config.WhichOneof('model')
+  return getattr(model_config, which).feature_extractor.output_stride if which else 8
+
+
+def exact_zoom_size(size, stride):
+  """Smallest s >= size with (s - 1) % stride == 0: the logits (s - 1) / stride + 1 zoom back exactly."""
+  return size + (-(size - 1)) % stride
+
+
+def resolve_network_shape(image_size, pad_to_shape, stride, input_flag='--input_shape',
+                          pad_flag='--pad_to_shape'):
+  """The static (height, width) the network is built for.
+
+  Args:
+    image_size: (height, width) of the input, entries None when dynamic.
+    pad_to_shape: (height, width) or None (round image_size up to an exact-zoom size).
+    stride: the backbone output stride.
+    input_flag, pad_flag: flag names for error messages.
+
+  Returns:
+    (height, width) ints.
+
+  Raises:
+    ValueError: if the shape cannot be static or the padding is smaller than the input.
+  """
+  if pad_to_shape is None:
+    if None in image_size:
+      raise ValueError('%s = %s has a dynamic height or width: give %s (the static size the network is '
+                       'built for, e.g. 1025,2049)' % (input_flag, _shape_text(image_size), pad_flag))
+    return tuple(exact_zoom_size(s, stride) for s in image_size)
+  if None in pad_to_shape:
+    raise ValueError('%s = %s: the network shape must be static (no -1)' % (pad_flag, _shape_text(pad_to_shape)))
+  for size, padded in zip(image_size, pad_to_shape):
+    if size is not None and padded < size:
+      raise ValueError('%s = %s is smaller than %s = %s: padding cannot shrink the input' % (
+          pad_flag, _shape_text(pad_to_shape), input_flag, _shape_text(image_size)))
+  return tuple(pad_to_shape)
+
+
+def _shape_text(shape):
+  return ','.join('-1' if d is None else str(d) for d in shape)
+
+
+def build_inference_model(model_config):
+  """The model in inference mode, without its weight regularizer (no L2 ops in an inference graph; the
+  variables are the same)."""
+  config = model_pb2.Model()
+  config.CopyFrom(model_config)
+  which = config.WhichOneof('model')
+  if which:
+    getattr(config, which).hyperparams.ClearField('regularizer')
+  return model_builder.build(config, is_training=False)
+
+
+class InferenceGraph(collections.namedtuple('InferenceGraph', ['inputs', 'predictions', 'network_shape'])):
+  """Endpoints of an inference graph: the uint8 input placeholder, the int32 train-id predictions (same rank and
+  spatial size as the input, without channels) and the static (height, width) the network runs at."""
+
+
+def build_inference_graph(model, input_shape, network_shape, reuse=None, input_name=INPUT_NAME,
+                          output_name=OUTPUT_NAME):
+  """Builds placeholder -> pad -> network -> crop in the default graph (see the module docstring).
+
+  Args:
+    model: an inference-mode model (build_inference_model).
+    input_shape: [N, H, W, 3] or [H, W, 3], entries None when dynamic; H and W at most network_shape.
+    network_shape: static (height, width) of the network.
+    reuse: reuse the model's existing variables (a second network shape in the same graph).
+    input_name, output_name: names of the placeholder and the predictions.
+
+  Returns:
+    InferenceGraph.
+
+  Raises:
+    ValueError: for a bad input shape.
+  """
+  input_shape = list(input_shape)
+  if len(input_shape) not in (3, 4) or input_shape[-1] != 3:
+    raise ValueError('input shape must be [N, H, W, 3] or [H, W, 3], got %s' % (input_shape,))
+  batched = len(input_shape) == 4
+  net_h, net_w = network_shape
+  inputs = tf.placeholder(tf.uint8, input_shape, name=input_name)
+  images = inputs if batched else inputs[tf.newaxis]
+  in_h, in_w = images.shape.as_list()[1:3]
+  preprocessed = model.preprocess(images)
+  with tf.name_scope('PadToNetworkShape'):
+    size = tf.shape(images)[1:3]
+    checks = []
+    if in_h is None or in_w is None:
+      # A larger image would make the padding negative: say so instead of failing inside tf.pad.
+      checks.append(tf.debugging.assert_less_equal(
+          size, tf.constant([net_h, net_w]),
+          message='input image larger than the network shape %dx%d (export/inference --pad_to_shape)'
+          % (net_h, net_w)))
+    if (in_h, in_w) != (net_h, net_w):
+      with tf.control_dependencies(checks):
+        paddings = [[0, 0], [0, net_h - size[0]], [0, net_w - size[1]], [0, 0]]
+        # After the mean subtraction zero is the mean colour.
+        preprocessed = tf.pad(preprocessed, paddings)
+      preprocessed.set_shape([images.shape[0], net_h, net_w, 3])
+  prediction_dict = model.predict(preprocessed, reuse=reuse)
+  predictions = model.postprocess(prediction_dict, [net_h, net_w])['predictions']
+  with tf.name_scope('CropToInput'):
+    if (in_h, in_w) != (net_h, net_w):
+      predictions = predictions[:, :size[0], :size[1]]
+      predictions.set_shape([images.shape[0], in_h, in_w])
+    if not batched:
+      predictions = predictions[0]
+  predictions = tf.identity(predictions, name=output_name)
+  return InferenceGraph(inputs, predictions, (net_h, net_w))
+
+
+def checked_restore_map(checkpoint_path, flag='--trained_checkpoint'):
+  """{name: variable} of every model variable of the default graph, after checking the checkpoint has them all.
+
+  Raises:
+    ValueError: if the checkpoint lacks a model variable or holds it with another shape (a checkpoint of a
+      different config).
+  """
+  var_map = {v.op.name: v for v in slim.get_model_variables()}
+  restorable, missing, mismatched = checkpoint_utils.filter_restore_map(var_map, checkpoint_path, log=False)
+  if missing or mismatched:
+    problems = ['not in checkpoint: %s' % name for name in missing[:5]] + mismatched[:5]
+    raise ValueError('%s = %r does not fit the model of the config: %d of %d model variables missing, %d with '
+                     'another shape (e.g. %s)' % (flag, checkpoint_path, len(missing), len(var_map),
+                                                  len(mismatched), '; '.join(problems)))
+  return restorable
+
+
+def restore_model_variables(sess, checkpoint_path, flag='--trained_checkpoint'):
+  """Restores every model variable of the default graph from a checkpoint (checked_restore_map).
+
+  Returns:
+    The number of variables restored.
+  """
+  restorable = checked_restore_map(checkpoint_path, flag)
+  tf.train.Saver(restorable, name='restore_model').restore(sess, checkpoint_path)
+  return len(restorable)
+
+
+def freeze(sess, graph_def, output_names=(OUTPUT_NAME,)):
+  """Returns a GraphDef with the variables replaced by their current values, pruned to the outputs and
+  without device placements (so a graph exported on a GPU machine loads anywhere)."""
+  with deprecation.silence():
+    frozen = convert_to_constants.convert_variables_to_constants_from_session_graph(
+        sess, graph_def, list(output_names))
+  for node in frozen.node:
+    node.device = ''
+  return frozen
+
+
+def _atomic_write_bytes(path, data):
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_saved_model(sess, graph, export_dir):
+  """Writes a TF1 SavedModel with a `serving_default` signature {inputs} -> {predictions}.
+
+  It is written to a temporary sibling and renamed, so an existing export is replaced only by a complete one
+  (SavedModelBuilder refuses an existing directory).
+  """
+  parent = os.path.dirname(os.path.abspath(export_dir))
+  scratch = tempfile.mkdtemp(dir=parent, prefix='.' + os.path.basename(export_dir) + '.tmp')
+  staging = os.path.join(scratch, 'model')
+  try:
+    builder = tf.saved_model.builder.SavedModelBuilder(staging)
+    with deprecation.silence():
+      signature = tf.saved_model.signature_def_utils.predict_signature_def(
+          inputs={INPUT_NAME: graph.inputs}, outputs={OUTPUT_NAME: graph.predictions})
+    builder.add_meta_graph_and_variables(
+        sess, [tf.saved_model.tag_constants.SERVING], signature_def_map={SIGNATURE_NAME: signature},
+        clear_devices=True, strip_default_attrs=True,
+        # Only the model's variables: the saver must not depend on anything outside the signature.
+        saver=tf.train.Saver(slim.get_model_variables(), name='saved_model_saver'))
+    builder.save()
+    if os.path.isdir(export_dir):
+      shutil.rmtree(export_dir)
+    os.replace(staging, export_dir)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return export_dir
+
+
+def count_parameters(variables):
+  """Learned parameters (moving statistics excluded) of model variables, in total and per network part.
+
+  Returns:
+    dict {'total': int, '<part>': int, ...}.
+  """
+  counts = collections.OrderedDict(total=0)
+  for v in variables:
+    if v.op.name.endswith(_MOVING_STATISTICS):
+      continue
+    n = int(v.shape.num_elements())
+    counts['total'] += n
+    part = part_of(v.op.name)
+    counts[part] = counts.get(part, 0) + n
+  return counts
+
+
+def count_conv_macs(graph):
+  """Multiply-accumulates of the convolutions of a graph, as executed, in total and per network part.
+
+  Conv2D: output elements x kh x kw x (input channels per group, i.e. the kernel's third dimension);
+  DepthwiseConv2dNative: output elements x kh x kw.
+
+  Returns:
+    dict {'total': int, 'conv_ops': int, '<part>': int, ...}.
+
+  Raises:
+    ValueError: if a convolution's output shape is not static (build the graph with a fixed batch size).
+  """
+  counts = collections.OrderedDict(total=0, conv_ops=0)
+  for op in graph.get_operations():
+    if op.type not in _CONV_TYPES:
+      continue
+    output_shape = op.outputs[0].shape
+    kernel_shape = op.inputs[1].shape
+    if not output_shape.is_fully_defined() or not kernel_shape.is_fully_defined():
+      raise ValueError('cannot count MACs of %s: shape %s is not static' % (op.name, output_shape))
+    kh, kw, cin = kernel_shape.as_list()[:3]
+    macs = output_shape.num_elements() * kh * kw * (cin if op.type == 'Conv2D' else 1)
+    counts['total'] += macs
+    counts['conv_ops'] += 1
+    part = part_of(op.name)
+    counts[part] = counts.get(part, 0) + macs
+  return counts
+
+
+def profile_flops(graph):
+  """FLOPs per op type from TensorFlow's profiler (static shapes; 2 FLOPs per multiply-accumulate).
+
+  Returns:
+    dict {op type: flops}, largest first.
+  """
+  options = (tf.profiler.ProfileOptionBuilder(tf.profiler.ProfileOptionBuilder.float_operation())
+             .with_empty_output().build())
+  with deprecation.silence():
+    root = tf.profiler.profile(graph, cmd='op', options=options)
+  flops = collections.OrderedDict()
+  # The 'op' view nests each op type under the previous one (ordered by FLOPs); float_ops is per type.
+  pending = list(root.children)
+  while pending:
+    node = pending.pop(0)
+    flops[node.name] = flops.get(node.name, 0) + int(node.float_ops)
+    pending.extend(node.children)
+  return collections.OrderedDict(sorted(flops.items(), key=lambda item: -item[1]))
+
+
+def time_inference(sess, graph, image, num_runs, num_warmup_runs):
+  """Median wall time of sess.run on one image after warm-up runs (graph optimisation, allocations).
+
+  Returns:
+    dict with median/min/max seconds and the counts, or None when num_runs is 0.
+  """
+  if num_runs <= 0:
+    return None
+  feed = {graph.inputs: image}
+  for _ in range(num_warmup_runs):
+    sess.run(graph.predictions, feed)
+  seconds = []
+  for _ in range(num_runs):
+    start = time.perf_counter()
+    sess.run(graph.predictions, feed)
+    seconds.append(time.perf_counter() - start)
+  return collections.OrderedDict(median_seconds=float(np.median(seconds)), min_seconds=float(min(seconds)),
+                                 max_seconds=float(max(seconds)), runs=num_runs, warmup_runs=num_warmup_runs)
+
+
+def device_description():
+  gpus = tf.config.list_physical_devices('GPU')
+  if not gpus:
+    return 'CPU'
+  details = tf.config.experimental.get_device_details(gpus[0])
+  return 'GPU: %s' % details.get('device_name', gpus[0].name)
+
+
+def compute_figures(model_config, image_size, network_shape, checkpoint_path=None, num_timing_runs=0,
+                    num_warmup_runs=2, session_config=None, seed=0):
+  """Parameters, MACs (analytic and profiler) and timing of the batch-1 inference graph.
+
+  Args:
+    model_config: model_pb2.Model.
+    image_size: static (height, width) of the input image (at most network_shape).
+    network_shape: (height, width) the network runs at.
+    checkpoint_path: trained weights for the timing runs; None: random initialisation.
+    num_timing_runs, num_warmup_runs: timed and untimed runs (no session at all when num_timing_runs is 0).
+    session_config: tf.ConfigProto or None.
+    seed: of the random image timed.
+
+  Returns:
+    An OrderedDict, serialisable as JSON (see README, "Export").
+  """
+  with tf.Graph().as_default() as graph:
+    model = build_inference_model(model_config)
+    endpoints = build_inference_graph(model, [1, image_size[0], image_size[1], 3], network_shape)
+    if checkpoint_path:
+      checked_restore_map(checkpoint_path)  # fail before anything is computed or written
+    parameters = count_parameters(slim.get_model_variables())
+    macs = count_conv_macs(graph)
+    profiled = profile_flops(graph)
+    timing = None
+    if num_timing_runs > 0:
+      image = np.random.RandomState(seed).randint(0, 256, [1, image_size[0], image_size[1], 3]).astype(np.uint8)
+      with tf.Session(config=session_config) as sess:
+        sess.run(tf.global_variables_initializer())
+        if checkpoint_path:
+          restore_model_variables(sess, checkpoint_path)
+        timing = time_inference(sess, endpoints, image, num_timing_runs, num_warmup_runs)
+        timing['weights'] = 'checkpoint' if checkpoint_path else 'random'
+        timing['device'] = device_description()
+  conv_flops = sum(profiled.get(t, 0) for t in _CONV_TYPES)
+  return collections.OrderedDict([
+      ('num_classes', model.num_classes),
+      ('input_shape', [1, image_size[0], image_size[1], 3]),
+      ('network_shape', list(network_shape)),
+      ('parameters', parameters),
+      ('macs', macs),
+      ('gmacs', macs['total'] / 1e9),
+      ('profiler', collections.OrderedDict([
+          ('total_flops', sum(profiled.values())),
+          ('conv_flops', conv_flops),
+          ('conv_flops_equal_2x_macs', conv_flops == 2 * macs['total']),
+          ('flops_by_op_type', profiled)])),
+      ('timing', timing),
+  ])
+
+
+def format_figures(figures):
+  """Human-readable lines of compute_figures() output."""
+  params = figures['parameters']
+  macs = figures['macs']
+  parts = [p for _, p in PARTS if p in params]
+  lines = [
+      'Parameters (inference graph): %s (%s)' % (
+          '{:,}'.format(params['total']), ', '.join('%s %s' % (p, '{:,}'.format(params[p])) for p in parts)),
+      'MACs at %dx%d (network %dx%d): %.2f G (%s); profiler: %.2f GFLOPs in convolutions (= 2 x MACs: %s), '
+      '%.2f GFLOPs in all ops' % (
+          figures['input_shape'][1], figures['input_shape'][2], figures['network_shape'][0],
+          figures['network_shape'][1], figures['gmacs'],
+          ', '.join('%s %.2f G' % (p, macs[p] / 1e9) for p in parts if p in macs),
+          figures['profiler']['conv_flops'] / 1e9, figures['profiler']['conv_flops_equal_2x_macs'],
+          figures['profiler']['total_flops'] / 1e9),
+  ]
+  timing = figures['timing']
+  if timing:
+    lines.append('Inference time (batch 1, %s weights, %s): median %.4f s (min %.4f, max %.4f) over %d runs '
+                 'after %d warm-up runs' % (timing['weights'], timing['device'], timing['median_seconds'],
+                                            timing['min_seconds'], timing['max_seconds'], timing['runs'],
+                                            timing['warmup_runs']))
+  return lines
+
+
+def export_seed_checkpoint(model_config, checkpoint_path, output_dir, flag='--trained_checkpoint'):
+  """Writes the model variables of a training checkpoint as a clean checkpoint plus name_map.json.
+
+  The model is built as for training (auxiliary head included when the config trains one) to enumerate its
+  variables; their values come from checkpoint_path, nothing is run.
+
+  Args:
+    model_config: model_pb2.Model the checkpoint was trained with.
+    checkpoint_path: checkpoint prefix.
+    output_dir: receives model.ckpt.{index,data-*}, a `checkpoint` state file and name_map.json.
+    flag: the flag checkpoint_path came from, for error messages.
+
+  Returns:
+    (checkpoint prefix written, the name map dict).
+  """
+  stride = output_stride(model_config)
+  size = 8 * stride + 1  # any static size builds the same variables
+  with tf.Graph().as_default():
+    model = model_builder.build(model_config, is_training=True)
+    model.predict(model.preprocess(tf.placeholder(tf.float32, [1, size, size, 3])))
+    variables = slim.get_model_variables()
+    with tf.Session() as sess:
+      restore_model_variables(sess, checkpoint_path, flag)
+      saver = tf.train.Saver({v.op.name: v for v in variables}, save_relative_paths=True, name='seed_saver')
+      prefix = saver.save(sess, os.path.join(output_dir, SEED_CHECKPOINT_NAME), write_meta_graph=False)
+  entries = []
+  part_order = [part for _, part in PARTS] + ['other']
+  parts = collections.OrderedDict()
+  for v in sorted(variables, key=lambda v: (part_order.index(part_of(v.op.name)), v.op.name)):
+    part = part_of(v.op.name)
+    kind = 'moving_statistics' if v.op.name.endswith(_MOVING_STATISTICS) else 'parameter'
+    entries.append(collections.OrderedDict(name=v.op.name, shape=v.shape.as_list(), part=part, kind=kind))
+    summary = parts.setdefault(part, collections.OrderedDict(variables=0, parameters=0, use=PART_USE.get(part)))
+    summary['variables'] += 1
+    if kind == 'parameter':
+      summary['parameters'] += int(v.shape.num_elements())
+  name_map = collections.OrderedDict([
+      ('checkpoint', SEED_CHECKPOINT_NAME),
+      ('source_checkpoint', os.path.abspath(checkpoint_path)),
+      ('fine_tune_checkpoint_type', 'segmentation'),
+      ('parts', parts),
+      ('variables', entries),
+  ])
+  config_util.atomic_write_text(os.path.join(output_dir, NAME_MAP_NAME), json.dumps(name_map, indent=1) + '\n')
+  return prefix, name_map
+
+
+ExportResult = collections.namedtuple('ExportResult', ['figures', 'frozen_graph', 'saved_model', 'checkpoint'])
+
+
+def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 1024, 2048, 3),
+           pad_to_shape=None, num_timing_runs=5, num_warmup_runs=2, export_checkpoint=False,
+           checkpoint_only=False, session_config=None, config_path=None):
+  """Writes the export artifacts of a model into output_dir and returns what was written.
+
+  Args:
+    model_config: model_pb2.Model.
+    output_dir: created if needed.
+    trained_checkpoint: checkpoint prefix or training directory; None: figures only (random weights timed).
+    input_shape: [N, H, W, 3] or [H, W, 3] of the placeholder, entries None when dynamic.
+    pad_to_shape: (height, width) of the network; None: input size rounded up to an exact-zoom size.
+    num_timing_runs, num_warmup_runs: timing of the figures (0 runs: no timing).
+    export_checkpoint: also write the seed checkpoint and name_map.json.
+    checkpoint_only: write only the seed checkpoint, name_map.json and figures (no frozen graph, SavedModel
+      or timing).
+    session_config: tf.ConfigProto or None.
+    config_path: the config file, recorded in the figures.
+
+  Returns:
+    ExportResult(figures dict, frozen graph path, SavedModel dir, seed checkpoint prefix); paths None where
+    nothing was written.
+
+  Raises:
+    ValueError: for bad shapes, a missing or mismatching checkpoint, or checkpoint flags without a checkpoint.
+  """
+  if input_shape is None or len(input_shape) not in (3, 4) or input_shape[-1] != 3:
+    raise ValueError('--input_shape = %s: expected N,H,W,3 or H,W,3' % (
+        _shape_text(input_shape) if input_shape else input_shape))
+  if (export_checkpoint or checkpoint_only) and not trained_checkpoint:
+    raise ValueError('--%s needs --trained_checkpoint (the weights to write)' % (
+        'checkpoint_only' if checkpoint_only else 'export_checkpoint'))
+  checkpoint_path = None
+  if trained_checkpoint:
+    checkpoint_path = checkpoint_utils.resolve_checkpoint(trained_checkpoint, '--trained_checkpoint')
+  image_size = tuple(input_shape[-3:-1])
+  network_shape = resolve_network_shape(image_size, pad_to_shape, output_stride(model_config))
+
+  # Figures at batch 1 and a static image size (a dynamic one is measured at the network shape).
+  figure_size = tuple(n if s is None else s for s, n in zip(image_size, network_shape))
+  figures = compute_figures(model_config, figure_size, network_shape, checkpoint_path,
+                            0 if checkpoint_only else num_timing_runs, num_warmup_runs, session_config)
+  figures['config_path'] = config_path
+  figures['trained_checkpoint'] = checkpoint_path
+  figures['exported_input_shape'] = [-1 if d is None else d for d in input_shape]
+  # Created only now: a checkpoint that does not fit the config has failed above, leaving nothing behind.
+  tf.gfile.MakeDirs(output_dir)
+
+  frozen_path = saved_model_path = seed_prefix = None
+  if checkpoint_path and not checkpoint_only:
+    with tf.Graph().as_default() as graph:
+      model = build_inference_model(model_config)
+      endpoints = build_inference_graph(model, input_shape, network_shape)
+      with tf.Session(config=session_config) as sess:
+        restore_model_variables(sess, checkpoint_path)
+        frozen = freeze(sess, graph.as_graph_def())
+        frozen_path = os.path.join(output_dir, FROZEN_GRAPH_NAME)
+        _atomic_write_bytes(frozen_path, frozen.SerializeToString())
+        saved_model_path = write_saved_model(sess, endpoints, os.path.join(output_dir, SAVED_MODEL_DIR))
+    logger.info('Wrote %s (%d nodes) and %s', frozen_path, len(frozen.node), saved_model_path)
+  if checkpoint_path and (export_checkpoint or checkpoint_only):
+    seed_prefix, name_map = export_seed_checkpoint(model_config, checkpoint_path, output_dir)
+    logger.info('Wrote seed checkpoint %s (%d variables: %s) and %s', seed_prefix, len(name_map['variables']),
+                ', '.join('%s %d' % (p, s['variables']) for p, s in name_map['parts'].items()),
+                os.path.join(output_dir, NAME_MAP_NAME))
+  config_util.atomic_write_text(os.path.join(output_dir, FIGURES_NAME), json.dumps(figures, indent=1) + '\n')
+  return ExportResult(figures, frozen_path, saved_model_path, seed_prefix)
