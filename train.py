@@ -10,6 +10,7 @@ current step and writes a checkpoint.
 from absl import app
 from absl import flags
 
+from libs import cluster
 from libs import config_util
 from libs import trainer
 from libs.compat import tf
@@ -41,6 +42,14 @@ def define_flags():
   flags.DEFINE_boolean('allow_growth', False, 'Let TensorFlow grow GPU memory as needed instead of taking it '
                        'all (to share a GPU with eval.py).')
   flags.DEFINE_float('gpu_memory_fraction', 0.0, 'If > 0, cap the GPU memory this process takes.')
+  # Multi-machine training (libs/cluster.py). The TF_CONFIG environment variable is the alternative.
+  flags.DEFINE_string('master', '', 'Session target of this worker (grpc://host:port) whose server knows the '
+                      'cluster. Empty: train in this process (or from TF_CONFIG).')
+  flags.DEFINE_integer('task', 0, 'Index of this worker; worker 0 is the chief (checkpoints, summaries).')
+  flags.DEFINE_integer('num_ps_tasks', 0, 'Parameter servers holding the variables (with --master).')
+  flags.DEFINE_integer('num_replicas', 1, 'Workers in the cluster (with --master).')
+  flags.DEFINE_boolean('sync_replicas', False, 'Aggregate the gradients of all workers synchronously each step '
+                       '(tf.train.SyncReplicasOptimizer) instead of asynchronous updates.')
   flags.mark_flags_as_required(['config_path', 'logdir'])
 
 
@@ -67,8 +76,16 @@ def options_from_flags(**overrides):
       **overrides)
 
 
+def cluster_from_flags():
+  """The cluster from TF_CONFIG or --master/--task/...; starts this process' server (a ps never returns)."""
+  cluster_config = cluster.resolve(FLAGS.master, FLAGS.task, FLAGS.num_ps_tasks, FLAGS.num_replicas,
+                                   FLAGS.sync_replicas)
+  return cluster.start_server(cluster_config) if cluster_config else None
+
+
 def run(options):
   config = config_util.load_pipeline_config(FLAGS.config_path, FLAGS.config_override)
+  options = options._replace(cluster=cluster_from_flags())
   trainer.train(config, FLAGS.logdir, options, config_path=FLAGS.config_path)
 
 

@@ -1,15 +1,21 @@
-"""Training loop for segmentation models: data-parallel clones, checkpoint init/resume, summaries, progress.
+"""Training loop for segmentation models: data-parallel clones, synchronized batch norm, checkpoint init and
+resume, summaries, progress lines, and TF1 between-graph distributed training.
 
-    trainer.train(pipeline_config, logdir, TrainOptions(num_clones=2))
+    trainer.train(pipeline_config, logdir, trainer.default_options(num_clones=2))
 
-Graph layout with N clones (N > 1): clone i builds the model under the name scope `clone_i` on its own device
-(`/gpu:i`, or `/cpu:0` with clone_on_cpu) from its 1/N share of the batch, sharing variables (which live on
-`/cpu:0` when N > 1, like TF-Slim's model_deploy, so no GPU holds them all). With N = 1 no clone scope is
-added, so the node names are exactly the model's (`SharedFeatureExtractor/resnet_v1_50/...`). Gradients of each
-clone's loss are summed (each loss is divided by N, so the sum is the gradient of the mean) and applied once;
-batch-norm moving averages are updated from the first clone, as in model_deploy. Regularization is added once.
+Clones (libs/deployment.py): with N > 1 clones, clone i builds the model under the name scope `clone_i` on its
+own device from its 1/N share of the batch, sharing variables (on the CPU); with N = 1 no clone scope is added,
+so node names are exactly the model's (`SharedFeatureExtractor/resnet_v1_50/...`). Gradients of the clones'
+mean loss are applied once; batch-norm moving averages are updated from the first clone (from the global
+moments with `batch_norm { sync_across_clones: true }`). Regularization is added once.
 
 Losses: total = main + aux (each already weighted by the model) + regularization, each counted once.
+
+Distributed (between-graph replication on TensorFlow's gRPC runtime, see libs/cluster.py): every worker builds
+the same graph with variables placed on the parameter servers by a replica device setter; the chief (worker 0,
+or the 'chief' task of TF_CONFIG) initialises or restores the variables and alone writes checkpoints and
+summaries; the other workers wait for it. Optionally gradients are aggregated synchronously
+(tf.train.SyncReplicasOptimizer).
 """
 import collections
 import math
@@ -23,6 +29,7 @@ from builders import optimizer_builder
 from builders import preprocessor_builder
 from libs import checkpoint_utils
 from libs import config_util
+from libs import deployment
 from libs import summaries
 from libs.compat import tf
 from libs.config_errors import ConfigError
@@ -37,12 +44,12 @@ FINE_TUNE_TYPES = ('classification', 'segmentation')
 class TrainOptions(collections.namedtuple('TrainOptions', [
     'num_clones', 'clone_on_cpu', 'save_interval_secs', 'save_summaries_secs', 'max_checkpoints_to_keep',
     'keep_checkpoint_every_n_hours', 'log_every_n_steps', 'image_summaries', 'test_image_summaries',
-    'session_config', 'gradients_fn', 'max_steps'])):
+    'session_config', 'gradients_fn', 'max_steps', 'cluster', 'step_callback'])):
   """Deployment and logging options of a training run (the config holds the experiment itself).
 
   num_clones: model replicas (GPUs, or CPU clones with clone_on_cpu); train_config.batch_size is split
     evenly between them.
-  clone_on_cpu: place every clone on /cpu:0.
+  clone_on_cpu: place every clone on the CPU.
   save_interval_secs: seconds between checkpoints (one is always written at the end).
   save_summaries_secs: seconds between TensorBoard summaries.
   max_checkpoints_to_keep / keep_checkpoint_every_n_hours: checkpoint retention (tf.train.Saver).
@@ -52,8 +59,12 @@ class TrainOptions(collections.namedtuple('TrainOptions', [
     dropout) on the first training image, beside its input and ground truth: what eval would see.
   session_config: tf.ConfigProto or None.
   gradients_fn: fn(ys, xs) -> list of gradients; tf.gradients by default (train_mem_saving.py passes the
-    memory-saving one).
+    memory-saving one). Called once per clone inside the clone's name scope (once for all clones with
+    synchronized batch norm).
   max_steps: stop after this many steps of this run even if num_steps is not reached (None: no limit).
+  cluster: libs.cluster.ClusterConfig for distributed training, or None for a single process.
+  step_callback: optional fn(session_run_context, step) called after every step on every worker (e.g. to
+    log memory); it may run extra fetches with run_context.session.
   """
 
 
@@ -61,21 +72,9 @@ def default_options(**overrides):
   options = TrainOptions(num_clones=1, clone_on_cpu=False, save_interval_secs=600, save_summaries_secs=120,
                          max_checkpoints_to_keep=5, keep_checkpoint_every_n_hours=10000.0,
                          log_every_n_steps=10, image_summaries=False, test_image_summaries=False,
-                         session_config=None, gradients_fn=None, max_steps=None)
+                         session_config=None, gradients_fn=None, max_steps=None, cluster=None,
+                         step_callback=None)
   return options._replace(**overrides)
-
-
-def _clone_device(index, num_clones, clone_on_cpu):
-  """Device of clone `index`: /cpu:0 with clone_on_cpu, else /gpu:index (None: default placement)."""
-  if clone_on_cpu:
-    return '/cpu:0'
-  num_gpus = len(tf.config.list_physical_devices('GPU'))
-  if num_gpus == 0 and num_clones == 1:
-    return None
-  if num_gpus < num_clones:
-    raise ValueError('--num_clones %d needs %d GPUs but %d are visible (CUDA_VISIBLE_DEVICES); use '
-                     '--clone_on_cpu to run clones on the CPU' % (num_clones, num_clones, num_gpus))
-  return '/gpu:%d' % index
 
 
 def validate_train_config(pipeline_config, num_clones):
@@ -132,9 +131,14 @@ def _split_batch(batch, num_clones):
 
 class _Graph(collections.namedtuple('_Graph', [
     'train_op', 'global_step', 'total_loss', 'losses', 'learning_rate', 'summary_op', 'model',
-    'batch_size', 'update_ops'])):
+    'batch_size', 'update_ops', 'optimizer'])):
   """Tensors of a training graph. train_op returns the global step after the update; update_ops are the
-  batch-norm moving-average updates it runs."""
+  batch-norm moving-average updates it runs; optimizer is the (possibly SyncReplicas-wrapped) optimizer."""
+
+
+def _sync_batch_norm(model_config):
+  which = model_config.WhichOneof('model')
+  return bool(which and getattr(model_config, which).hyperparams.batch_norm.sync_across_clones)
 
 
 def build_training_graph(pipeline_config, options):
@@ -148,49 +152,46 @@ def build_training_graph(pipeline_config, options):
   num_clones = options.num_clones
   num_classes = model_builder.num_classes(model_config)
   ignore_label = model_builder.ignore_label(model_config)
+  synchronized = _sync_batch_norm(model_config) and num_clones > 1
 
   global_step = tf.train.get_or_create_global_step()
   batch = build_input(pipeline_config, num_classes, ignore_label)
   clone_batches = _split_batch(batch, num_clones)
 
-  variables_device = '/cpu:0' if num_clones > 1 else None
+  variables_device = deployment.variables_device(num_clones)
   with tf.device(variables_device):
     optimizer, learning_rate = optimizer_builder.build(
         train_config.optimizer, global_step=global_step, num_steps=train_config.num_steps)
+    if options.cluster is not None and options.cluster.sync_replicas:
+      optimizer = tf.train.SyncReplicasOptimizer(
+          optimizer, replicas_to_aggregate=options.cluster.num_replicas,
+          total_num_replicas=options.cluster.num_replicas)
 
-  clone_losses, clone_grads, first_clone_scope = [], [], None
-  gradients_fn = options.gradients_fn or (lambda ys, xs: tf.gradients(ys, xs))
-  model = None
-  main_model = None
-  for i, clone_batch in enumerate(clone_batches):
-    scope = 'clone_%d' % i if num_clones > 1 else ''
-    with tf.name_scope(scope or None) as name_scope:
-      if i == 0:
-        first_clone_scope = name_scope or ''
-      with tf.device(_clone_device(i, num_clones, options.clone_on_cpu)):
-        with tf.variable_scope(tf.get_variable_scope(), reuse=True if i > 0 else None):
-          model = model_builder.build(model_config, is_training=True)
-          predictions = model.predict(model.preprocess(clone_batch[fields.image]), reuse=True if i else None)
-          head_losses = model.loss(predictions, clone_batch[fields.labels_class])
-          if i == 0:
-            main_model, main_predictions, main_head_losses = model, predictions, head_losses
-          clone_loss = tf.add_n(list(head_losses.values()), name='clone_loss')
-          scaled = clone_loss / float(num_clones) if num_clones > 1 else clone_loss
-          if i == 0 and train_config.add_regularization_loss:
-            regularization = tf.losses.get_regularization_losses()
-            if regularization:
-              scaled = scaled + tf.add_n(regularization, name='regularization_loss')
-          trainable = _variables_to_train(train_config)
-          grads = gradients_fn(scaled, trainable)
-          clone_losses.append(clone_loss)
-          clone_grads.append(list(zip(grads, trainable)))
+  def clone_fn(index):
+    model = model_builder.build(model_config, is_training=True)
+    predictions = model.predict(model.preprocess(clone_batches[index][fields.image]),
+                                reuse=True if index else None)
+    head_losses = model.loss(predictions, clone_batches[index][fields.labels_class])
+    return model, predictions, head_losses, tf.add_n(list(head_losses.values()), name='clone_loss')
 
-  with tf.device(variables_device), tf.name_scope('Gradients'):
-    grads_and_vars = _sum_clone_gradients(clone_grads)
+  clones = deployment.create_clones(num_clones, options.clone_on_cpu, clone_fn, sync_batch_norm=synchronized)
+  main_model, main_predictions, main_head_losses, _ = clones[0].outputs
+  clone_losses = [clone.outputs[3] for clone in clones]
+
+  regularization = tf.losses.get_regularization_losses()
+  with tf.name_scope('Losses'):
+    reg_loss = tf.add_n(regularization) if (regularization and train_config.add_regularization_loss) \
+        else tf.constant(0.0)
+    reg_loss = tf.identity(reg_loss, name='regularization_loss')
+  trainable = _variables_to_train(train_config)
+  grads_and_vars = deployment.clone_gradients(
+      clones, clone_losses, trainable,
+      regularization_loss=reg_loss if train_config.add_regularization_loss and regularization else None,
+      gradients_fn=options.gradients_fn, synchronized=synchronized)
 
   # Moving averages of batch norm come from the first clone only (model_deploy's convention); with a frozen
   # backbone its statistics stay as restored.
-  update_ops = [op for op in tf.get_collection(tf.GraphKeys.UPDATE_OPS, first_clone_scope or None)
+  update_ops = [op for op in tf.get_collection(tf.GraphKeys.UPDATE_OPS, clones[0].scope or None)
                 if not (train_config.freeze_fine_tune_backbone and 'SharedFeatureExtractor/' in op.name)]
   with tf.device(variables_device):
     apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
@@ -200,12 +201,7 @@ def build_training_graph(pipeline_config, options):
 
   with tf.name_scope('Losses'):
     losses = {name: tf.identity(value, name=name) for name, value in main_head_losses.items()}
-    if num_clones > 1:
-      losses['main_loss'] = tf.add_n([l for l in clone_losses]) / float(num_clones)
-    regularization = tf.losses.get_regularization_losses()
-    reg_loss = tf.add_n(regularization) if (regularization and train_config.add_regularization_loss) \
-        else tf.constant(0.0)
-    losses['regularization_loss'] = tf.identity(reg_loss, name='regularization_loss')
+    losses['regularization_loss'] = reg_loss
     data_loss = tf.add_n(clone_losses) / float(num_clones)
     total_loss = tf.identity(data_loss + reg_loss, name='total_loss')
 
@@ -214,7 +210,7 @@ def build_training_graph(pipeline_config, options):
       image_summaries=options.image_summaries, test_image_summaries=options.test_image_summaries,
       model_config=model_config)
   return _Graph(train_op, global_step, total_loss, losses, learning_rate, summary_op, main_model,
-                train_config.batch_size, update_ops)
+                train_config.batch_size, update_ops, optimizer)
 
 
 def _variables_to_train(train_config):
@@ -222,19 +218,6 @@ def _variables_to_train(train_config):
   if train_config.freeze_fine_tune_backbone:
     variables = [v for v in variables if not v.op.name.startswith('SharedFeatureExtractor/')]
   return variables
-
-
-def _sum_clone_gradients(clone_grads):
-  """Sums per-clone gradients of the same variable; drops variables without gradient (logged once)."""
-  summed = []
-  for per_var in zip(*clone_grads):
-    variable = per_var[0][1]
-    grads = [g for g, _ in per_var if g is not None]
-    if not grads:
-      logger.warning('No gradient for %s (not on the path to the loss)', variable.op.name)
-      continue
-    summed.append((tf.add_n(grads) if len(grads) > 1 else grads[0], variable))
-  return summed
 
 
 class _Progress(object):
@@ -296,12 +279,24 @@ class _StopRequest(object):
     return False
 
 
+def _session_config(options):
+  config = tf.ConfigProto()
+  if options.session_config is not None:
+    config.CopyFrom(options.session_config)
+  config.allow_soft_placement = True
+  if options.cluster is not None:
+    # A worker talks to the parameter servers and itself, never waits for the other workers.
+    del config.device_filters[:]
+    config.device_filters.extend(options.cluster.device_filters())
+  return config
+
+
 def train(pipeline_config, logdir, options=None, config_path=None):
   """Trains until train_config.num_steps (or options.max_steps of this run, or a stop signal).
 
   Args:
     pipeline_config: pipeline_pb2.PipelineConfig.
-    logdir: directory for checkpoints, summaries and the effective pipeline.config.
+    logdir: directory for checkpoints, summaries and the effective pipeline.config (written by the chief).
     options: TrainOptions (default_options() if None).
     config_path: the config file, to name it in error messages.
 
@@ -310,8 +305,11 @@ def train(pipeline_config, logdir, options=None, config_path=None):
 
   Raises:
     ConfigError / ValueError: for invalid configs or checkpoints, naming the field and file.
+    FloatingPointError: when the loss becomes NaN or infinite (no checkpoint of that state is written).
   """
   options = options or default_options()
+  cluster = options.cluster
+  is_chief = cluster is None or cluster.is_chief
   with config_util.naming_config_file(config_path):
     validate_train_config(pipeline_config, options.num_clones)
     train_config = pipeline_config.train_config
@@ -322,76 +320,71 @@ def train(pipeline_config, logdir, options=None, config_path=None):
       fine_tune_path = checkpoint_utils.resolve_checkpoint(train_config.fine_tune_checkpoint)
 
     graph = tf.Graph()
-    with graph.as_default():
+    with graph.as_default(), tf.device(cluster.device_setter() if cluster else None):
       g = build_training_graph(pipeline_config, options)
       init_fn = None
       if fine_tune_path:
         init_fn = checkpoint_utils.build_fine_tune_init(g.model, fine_tune_path,
                                                         train_config.fine_tune_checkpoint_type)
       saver = tf.train.Saver(max_to_keep=options.max_checkpoints_to_keep,
-                             keep_checkpoint_every_n_hours=options.keep_checkpoint_every_n_hours)
-      init_op = tf.global_variables_initializer()
-      local_init_op = tf.local_variables_initializer()
-  config_util.save_pipeline_config(pipeline_config, logdir)
-
-  session_config = options.session_config or tf.ConfigProto(allow_soft_placement=True)
-  writer = tf.summary.FileWriter(logdir, graph)
-  save_path = os.path.join(logdir, CHECKPOINT_BASENAME)
-  with tf.Session(graph=graph, config=session_config) as sess, _StopRequest() as stop:
-    sess.run(local_init_op)
+                             keep_checkpoint_every_n_hours=options.keep_checkpoint_every_n_hours,
+                             sharded=cluster is not None and cluster.num_ps_tasks > 1)
+  if is_chief:
+    config_util.save_pipeline_config(pipeline_config, logdir)
     if latest is not None:
-      saver.restore(sess, latest)
-      logger.info('Resuming from %s (global step %d).', latest, sess.run(g.global_step))
-    else:
-      sess.run(init_op)
-      if init_fn is not None:
-        init_fn(sess)
-      else:
-        logger.info('No checkpoint in %s and no fine_tune_checkpoint: training from random initialisation.',
-                    logdir)
-    graph.finalize()
-    step = int(sess.run(g.global_step))
-    num_steps = train_config.num_steps
-    if num_steps and step >= num_steps:
-      logger.info('Global step %d already reached num_steps %d; nothing to train.', step, num_steps)
-      writer.close()
-      return step
-    progress = _Progress(num_steps, g.batch_size, pipeline_config.train_input_reader.num_examples)
-    last_save = last_summary = time.time()
-    steps_this_run = 0
-    need_summary = True
-    logger.info('Training from step %d%s; logging every %d steps to %s.', step,
-                ' to %d' % num_steps if num_steps else '', options.log_every_n_steps, logdir)
-    try:
-      while True:
+      logger.info('Resuming from %s.', latest)
+    elif init_fn is None:
+      logger.info('No checkpoint in %s and no fine_tune_checkpoint: training from random initialisation.',
+                  logdir)
+
+  with graph.as_default():
+    scaffold = tf.train.Scaffold(
+        saver=saver, summary_op=g.summary_op,
+        init_fn=(lambda unused_scaffold, sess: init_fn(sess)) if init_fn else None)
+    hooks = []
+    if train_config.num_steps:
+      hooks.append(tf.train.StopAtStepHook(last_step=train_config.num_steps))
+    if options.max_steps:
+      hooks.append(tf.train.StopAtStepHook(num_steps=options.max_steps))
+    if isinstance(g.optimizer, tf.train.SyncReplicasOptimizer):
+      hooks.append(g.optimizer.make_session_run_hook(is_chief))
+    chief_hooks = [
+        tf.train.CheckpointSaverHook(logdir, save_secs=options.save_interval_secs, saver=saver,
+                                     checkpoint_basename=CHECKPOINT_BASENAME),
+        tf.train.SummarySaverHook(save_secs=options.save_summaries_secs, output_dir=logdir,
+                                  summary_op=g.summary_op),
+    ]
+    master = cluster.target if cluster else ''
+    progress = _Progress(train_config.num_steps, g.batch_size, pipeline_config.train_input_reader.num_examples)
+    step = None
+    with tf.train.MonitoredTrainingSession(
+        master=master, is_chief=is_chief, checkpoint_dir=logdir if is_chief else None, scaffold=scaffold,
+        hooks=hooks, chief_only_hooks=chief_hooks, save_checkpoint_secs=None, save_checkpoint_steps=None,
+        save_summaries_steps=None, save_summaries_secs=None, log_step_count_steps=0,
+        config=_session_config(options)) as sess, _StopRequest() as stop:
+      step = int(sess.run(g.global_step)) if not sess.should_stop() else None
+      if step is not None:
+        logger.info('Training from step %d%s; logging every %d steps to %s.', step,
+                    ' to %d' % train_config.num_steps if train_config.num_steps else '',
+                    options.log_every_n_steps, logdir)
+      first = True
+      while not sess.should_stop() and not stop.requested:
         start = time.time()
-        fetches = {'step': g.train_op, 'loss': g.total_loss, 'lr': g.learning_rate}
-        if need_summary:
-          fetches['summary'] = g.summary_op
-        out = sess.run(fetches)
+        out = sess.run({'step': g.train_op, 'loss': g.total_loss, 'lr': g.learning_rate})
         progress.record(time.time() - start)
-        step, steps_this_run = int(out['step']), steps_this_run + 1
+        step = int(out['step'])
         if not math.isfinite(out['loss']):
           raise FloatingPointError('Loss became %r at step %d; the last checkpoint in %s is the last good state '
                                    '(lower the learning rate?)' % (out['loss'], step, logdir))
-        if 'summary' in out:
-          writer.add_summary(out['summary'], step)
-          last_summary = time.time()
-        done = (num_steps and step >= num_steps) or (options.max_steps and steps_this_run >= options.max_steps)
-        if step % options.log_every_n_steps == 0 or done or steps_this_run == 1:
+        if first or step % options.log_every_n_steps == 0 or sess.should_stop():
           logger.info(progress.line(step, out['loss'], out['lr']))
-        if done or stop.requested:
-          break
-        if time.time() - last_save >= options.save_interval_secs:
-          saver.save(sess, save_path, global_step=step)
-          logger.info('Saved checkpoint %s-%d', save_path, step)
-          last_save = time.time()
-        need_summary = time.time() - last_summary >= options.save_summaries_secs
-    finally:
-      # Also on errors and interrupts: keep what was trained.
-      if steps_this_run:
-        saver.save(sess, save_path, global_step=step)
-        logger.info('Saved checkpoint %s-%d', save_path, step)
-      writer.flush()
-      writer.close()
+        first = False
+        if options.step_callback is not None:
+          options.step_callback(sess, step)
+    if step is None:
+      step = int(tf.train.load_checkpoint(logdir).get_tensor('global_step')) if is_chief else 0
+      logger.info('Global step %d already reached num_steps %d; nothing to train.', step,
+                  train_config.num_steps)
+    elif is_chief:
+      logger.info('Saved checkpoint %s-%d', os.path.join(logdir, CHECKPOINT_BASENAME), step)
   return step

@@ -11,6 +11,7 @@ import argparse
 import glob
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -22,12 +23,20 @@ def proto_files():
   return sorted(glob.glob(os.path.join(PROTO_DIR, '*.proto')))
 
 
-def _protoc():
+def _run_protoc(args):
+  """Runs grpcio-tools' protoc in a child process.
+
+  In-process protoc (grpc_tools.protoc.main) can crash the interpreter when TensorFlow, which links its own
+  protobuf, is already loaded; a child process is isolated from that.
+  """
   try:
-    from grpc_tools import protoc  # pylint: disable=import-outside-toplevel
+    import grpc_tools  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError as e:
     raise RuntimeError('Compiling protos/*.proto needs grpcio-tools: pip install -r requirements.txt') from e
-  return protoc
+  result = subprocess.run([sys.executable, '-m', 'grpc_tools.protoc'] + args[1:], capture_output=True,
+                          text=True, check=False)
+  if result.returncode != 0:
+    raise RuntimeError('protoc failed (exit %d): %s' % (result.returncode, result.stderr.strip()))
 
 
 def generator_version():
@@ -58,16 +67,13 @@ def compile_protos(out_dir=REPO_ROOT):
   Raises:
     RuntimeError: if grpcio-tools is missing or protoc reports an error (its message names the .proto file).
   """
-  protoc = _protoc()
   rel = [os.path.relpath(p, REPO_ROOT) for p in proto_files()]
   dest = os.path.join(out_dir, 'protos')
   os.makedirs(dest, exist_ok=True)
   scratch = tempfile.mkdtemp(prefix='protoc_')
   try:
     args = ['protoc', '-I' + REPO_ROOT, '--python_out=' + scratch] + [os.path.join(REPO_ROOT, r) for r in rel]
-    code = protoc.main(args)
-    if code != 0:
-      raise RuntimeError('protoc failed (exit %d) on %s' % (code, ', '.join(rel)))
+    _run_protoc(args)
     written = []
     for r in rel:
       name = os.path.basename(r)[:-len('.proto')] + '_pb2.py'
