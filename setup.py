@@ -1,9 +1,9 @@
 """Installs the PSPNet toolkit: `pip install .` (add -e for development).
 
 Installs the packages (architectures, builders, libs, protos, dataset_tools), the top-level scripts as modules,
-and console commands: pspnet-train, pspnet-eval, pspnet-inference, pspnet-export, pspnet-create-cityscapes-tfrecord,
-pspnet-make-demo-dataset. The protos are compiled at build time; the scripts also run from the repository root
-(`python train.py ...`) as in the README.
+and console commands: pspnet-train, pspnet-train-mem-saving, pspnet-eval, pspnet-inference, pspnet-export,
+pspnet-create-cityscapes-tfrecord, pspnet-make-demo-dataset. The protos are compiled at build time; the scripts
+also run from the repository root (`python train.py ...`) as in the README.
 """
 import os
 
@@ -27,7 +27,7 @@ class BuildPyWithProtos(build_py):
     super().run()
 
 
-SCRIPTS = ['train', 'eval', 'inference', 'export']
+SCRIPTS = ['train', 'train_mem_saving', 'eval', 'inference', 'export']
 
 setup(
     name='pspnet-toolkit',
@@ -41,6 +41,7 @@ setup(
     cmdclass={'build_py': BuildPyWithProtos},
     entry_points={'console_scripts': [
         'pspnet-train=train:console_main',
+        'pspnet-train-mem-saving=train_mem_saving:console_main',
         'pspnet-eval=eval:console_main',
         'pspnet-inference=inference:console_main',
         'pspnet-export=export:console_main',

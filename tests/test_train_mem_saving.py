@@ -1,0 +1,164 @@
+"""Tests of train_mem_saving.py: its checkpoint flags, training equal to train.py's from the same start on the same
+batch, checkpoint names resolved per clone, and the command line with the seed's flags (checkpoint, Memory/
+summaries, errors)."""
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import app
+from google.protobuf import text_format
+
+import train_mem_saving
+from libs import config_util
+from libs import memory_saving_gradients
+from libs import trainer
+from libs.compat import tf
+from tests.conftest import REPO_ROOT
+from tests.conftest import fast_session_config
+from tests.conftest import tiny_pipeline_text
+from tests.test_memory_saving_gradients import TINY_NODES
+
+
+@pytest.mark.parametrize('nodes,mode,expected', [
+    (['a/Relu', ' b/Relu '], None, ['a/Relu', 'b/Relu']),
+    (['auto-units'], None, 'units'),
+    (['auto'], None, 'memory'),
+    ([], 'speed', 'speed'),
+    ([], None, 'memory'),
+])
+def test_checkpoint_flags(nodes, mode, expected):
+  assert train_mem_saving.checkpoints_from_flags(nodes, mode) == expected
+
+
+@pytest.mark.parametrize('nodes,mode,message', [
+    (['auto-fast'], None, 'auto-fast: allowed automatic values: auto, auto-collection, auto-units'),
+    (['auto-units', 'a/Relu'], None, 'cannot be combined'),
+    (['a/Relu'], 'memory', '--checkpoint_nodes (1 names) and --checkpoint_mode memory'),
+])
+def test_checkpoint_flag_errors_name_the_values(nodes, mode, message):
+  with pytest.raises(app.UsageError) as error:
+    train_mem_saving.checkpoints_from_flags(nodes, mode)
+  assert message in str(error.value)
+
+
+def _fixed_batch_pipeline(records, batch_size=4):
+  # The same batch every step: the first four frames (not shuffled), resized, no random augmentation. Four
+  # different frames because batch norm after the 1x1 pyramid bin normalises batch_size values per channel, and
+  # its gradient grows like 1 / |x1 - x2|: with two frames, float noise (or, with one frame twice, zero variance)
+  # makes any two runs that add in a different order drift apart chaotically within a few steps.
+  config = config_util.parse_pipeline_config(
+      tiny_pipeline_text(records['train'], records['val'], batch_size=batch_size))
+  text_format.Merge("""train_config { preprocessor_step { resize_image { new_height: 65 new_width: 129 } } }
+                       train_input_reader { num_examples: %d }""" % batch_size, config)
+  del config.train_config.preprocessor_step[0]  # the tiny config's random crop
+  return config
+
+
+def _train(config, gradients_fn, initial_values=None, num_steps=3):
+  """Runs num_steps training steps from initial_values (random if None).
+
+  Returns:
+    (initial values, values after the first step, values after the last, losses, number of UPDATE_OPS); values
+    are {variable name: array} of all global variables (optimizer slots and batch-norm statistics included).
+  """
+  options = trainer.default_options(session_config=fast_session_config(), gradients_fn=gradients_fn)
+  with tf.Graph().as_default():
+    graph = trainer.build_training_graph(config, options)
+    num_update_ops = len(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
+    variables = tf.global_variables()
+    with tf.Session(config=fast_session_config()) as sess:
+      sess.run(tf.global_variables_initializer())
+      if initial_values is None:
+        initial_values = {v.op.name: sess.run(v) for v in variables}
+      else:
+        for v in variables:
+          v.load(initial_values[v.op.name], sess)
+      losses, after_first = [], None
+      for _ in range(num_steps):
+        losses.append(sess.run([graph.train_op, graph.total_loss])[1])
+        after_first = after_first or {v.op.name: sess.run(v) for v in variables}
+      final_values = {v.op.name: sess.run(v) for v in variables}
+  return initial_values, after_first, final_values, losses, num_update_ops
+
+
+def _assert_close_to_scale(actual, expected, tolerance):
+  assert set(actual) == set(expected)  # also: no variable was created by the recomputation
+  for name, value in expected.items():
+    error = np.abs(actual[name] - value).max()
+    assert error <= tolerance * np.abs(value).max() + 1e-7, (name, error, np.abs(value).max())
+
+
+def test_memory_saving_training_equals_plain_training_from_the_same_start(cityscapes_records):
+  config = _fixed_batch_pipeline(cityscapes_records)
+  # Momentum SGD (the PSPNet50 recipe's optimizer): updates linear in the gradients. Adam would turn float noise
+  # of near-zero gradients into lr-sized steps in both runs.
+  config.train_config.optimizer.Clear()
+  text_format.Merge('''momentum_optimizer { momentum_optimizer_value: 0.9
+                       learning_rate { constant_learning_rate { learning_rate: 0.01 } } }''',
+                    config.train_config.optimizer)
+  initial, plain_first, plain, plain_losses, plain_updates = _train(config, None)
+  _, saving_first, saving, saving_losses, saving_updates = _train(
+      config, memory_saving_gradients.make_gradients_fn(TINY_NODES), initial_values=initial)
+  assert saving_updates == plain_updates  # batch-norm updates are not duplicated by recomputation
+  np.testing.assert_allclose(saving_losses, plain_losses, rtol=1e-5)
+  # One step: the gradients differ only in summation order (partial gradients of a checkpoint are added in
+  # another order than tf.gradients adds them).
+  _assert_close_to_scale(saving_first, plain_first, 1e-5)
+  _assert_close_to_scale(saving, plain, 1e-4)
+  moved = [name for name, value in plain.items() if not np.array_equal(value, initial[name])]
+  assert len(moved) > len(plain) // 2  # the steps did train
+
+
+def test_checkpoint_names_resolve_in_each_clone(cityscapes_records):
+  config = config_util.parse_pipeline_config(
+      tiny_pipeline_text(cityscapes_records['train'], batch_size=4, crop=49))
+  options = trainer.default_options(num_clones=2, clone_on_cpu=True, session_config=fast_session_config(),
+                                    gradients_fn=memory_saving_gradients.make_gradients_fn(TINY_NODES))
+  with tf.Graph().as_default() as graph:
+    g = trainer.build_training_graph(config, options)
+    copies = [op.name for op in graph.get_operations() if '/recompute/' in op.name and '/gradients/' not in op.name]
+    for clone in ('clone_0', 'clone_1'):
+      for node in TINY_NODES:  # each clone recomputes its own nodes
+        assert any(name.endswith('/recompute/%s/%s' % (clone, node)) for name in copies), (clone, node)
+    with tf.Session(config=fast_session_config()) as sess:
+      sess.run(tf.global_variables_initializer())
+      step, loss = sess.run([g.train_op, g.total_loss])
+  assert step == 1 and np.isfinite(loss)
+
+
+def _run_script(args, tmp_path, records):
+  config_path = tmp_path / 'tiny.config'
+  config_path.write_text(tiny_pipeline_text(records['train'], records['val']))
+  env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC='true')
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'train_mem_saving.py'), '--config_path', str(config_path),
+       '--logdir', str(tmp_path / 'train'), '--config_override', 'train_config { num_steps: 2 }',
+       '--log_every_n_steps', '1'] + args,
+      capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env)
+
+
+def test_script_with_the_seeds_flags_writes_checkpoint_and_memory_summaries(cityscapes_records, tmp_path):
+  result = _run_script(['--checkpoint_nodes', ','.join(TINY_NODES), '--test_image_summaries', '--log_memory'],
+                       tmp_path, cityscapes_records)
+  assert result.returncode == 0, result.stderr[-3000:]
+  log = result.stderr
+  assert 'Memory-saving gradients: 4 checkpoint tensors' in log
+  assert 'Memory after step 1: CPU_BFC_Peak' in log and 'VmHWM' in log
+  logdir = tmp_path / 'train'
+  assert tf.train.latest_checkpoint(str(logdir)).endswith('model.ckpt-2')
+  tags = set()
+  for event_file in glob.glob(str(logdir / 'events.out.tfevents.*')):
+    for event in tf.train.summary_iterator(event_file):
+      tags.update(value.tag for value in event.summary.value)
+  assert {'Memory/CPU_BFC_Peak_MiB', 'Memory/VmHWM_MiB', 'Losses/TotalLoss'} <= tags, tags
+  assert any(t.startswith('TestImages/Prediction') for t in tags)
+
+
+def test_script_reports_a_misspelt_node_with_the_closest_name(cityscapes_records, tmp_path):
+  result = _run_script(['--checkpoint_nodes', 'PSPModule/Conv_4/Relu7'], tmp_path, cityscapes_records)
+  assert result.returncode != 0
+  assert "'PSPModule/Conv_4/Relu7' is not in the graph" in result.stderr
+  assert "Closest existing names: 'PSPModule/Conv_4/Relu6'" in result.stderr

@@ -1,0 +1,122 @@
+r"""Trains PSPNet with memory-saving gradients (gradient checkpointing, Chen et al. 2016; the role OpenAI's
+gradient-checkpointing package played in the original project): see libs/memory_saving_gradients.py.
+
+    export CHECKPOINT_NODES=SharedFeatureExtractor/resnet_v1_50/block1/unit_3/bottleneck_v1/Relu,SharedFeatureExtractor/resnet_v1_50/block2/unit_4/bottleneck_v1/Relu,SharedFeatureExtractor/resnet_v1_50/block3/unit_6/bottleneck_v1/Relu,SharedFeatureExtractor/resnet_v1_50/block4/unit_3/bottleneck_v1/Relu,PSPModule/Conv_4/Relu6
+    python train_mem_saving.py \
+        --config_path configs/pspnet_1.0_713_resnet_v1_CUSTOM.config \
+        --logdir /tmp/pspnet_1.0_713_resnet_v1_TRAIN \
+        --checkpoint_nodes $CHECKPOINT_NODES \
+        --test_image_summaries \
+        --log_memory
+
+Takes every flag of train.py, plus:
+
+  --checkpoint_nodes   comma-separated node names to keep between the forward and the backward pass, without the
+                       clone scope (resolved to `clone_i/<name>` in each clone); or one automatic choice:
+                       auto (= auto-memory), auto-memory, auto-speed, auto-units, auto-collection.
+  --checkpoint_mode    the automatic choice as its own flag: memory, speed, units or collection. Neither flag:
+                       memory.
+  --log_memory         log peak memory after the first steps and every --log_memory_every_n_steps steps, and
+                       write it to TensorBoard under Memory/.
+"""
+from absl import app
+from absl import flags
+
+import train
+from libs import memory_saving_gradients
+from libs.compat import tf
+
+FLAGS = flags.FLAGS
+logger = tf.get_logger()
+
+AUTO_PREFIX = 'auto-'
+AUTO_VALUES = ['auto'] + [AUTO_PREFIX + mode for mode in memory_saving_gradients.MODES]
+
+
+def define_flags():
+  """train.py's flags plus the memory-saving ones."""
+  train.define_flags()
+  flags.DEFINE_list('checkpoint_nodes', [], 'Comma-separated names of the nodes kept for the backward pass '
+                    '(without clone scope), e.g. the five of README "Memory-saving training"; or one of %s.'
+                    % ', '.join(AUTO_VALUES))
+  flags.DEFINE_enum('checkpoint_mode', None, list(memory_saving_gradients.MODES), 'Choose the checkpoints '
+                    'automatically (instead of --checkpoint_nodes): memory = ~sqrt(n) cuts minimising the '
+                    'estimated peak, speed = outputs of convolutions, units = residual unit outputs, collection '
+                    '= the graph collection "checkpoints". Default when neither flag is given: memory.')
+  flags.DEFINE_boolean('log_memory', False, 'Log peak memory (GPU allocator, CPU allocator with '
+                       'TF_CPU_ALLOCATOR_USE_BFC=true, process VmHWM) and write it to TensorBoard under Memory/.')
+  flags.DEFINE_integer('log_memory_every_n_steps', 0, 'Steps between memory lines after the first %d '
+                       '(0: --log_every_n_steps).' % MemoryLogger.FIRST_STEPS)
+
+
+def checkpoints_from_flags(checkpoint_nodes, checkpoint_mode):
+  """--checkpoint_nodes / --checkpoint_mode -> the `checkpoints` argument of memory_saving_gradients.
+
+  Raises:
+    app.UsageError: for an unknown automatic value or conflicting flags, naming the values.
+  """
+  nodes = [node.strip() for node in checkpoint_nodes if node.strip()]
+  auto = [node for node in nodes if node == 'auto' or node.startswith(AUTO_PREFIX)]
+  if auto:
+    if len(nodes) > 1 or checkpoint_mode:
+      raise app.UsageError('--checkpoint_nodes %s: the automatic choice %r cannot be combined with node names or '
+                           '--checkpoint_mode' % (','.join(nodes), auto[0]))
+    if auto[0] not in AUTO_VALUES:
+      raise app.UsageError('--checkpoint_nodes %s: allowed automatic values: %s' % (auto[0], ', '.join(AUTO_VALUES)))
+    return auto[0][len(AUTO_PREFIX):] if auto[0] != 'auto' else 'memory'
+  if nodes and checkpoint_mode:
+    raise app.UsageError('--checkpoint_nodes (%d names) and --checkpoint_mode %s: give one of them'
+                         % (len(nodes), checkpoint_mode))
+  return nodes or checkpoint_mode or 'memory'
+
+
+class MemoryLogger(object):
+  """Trainer step callback: logs memory_saving_gradients.memory_usage() and writes it as Memory/<name>_MiB."""
+
+  FIRST_STEPS = 3
+
+  def __init__(self, logdir, every_n_steps, write_summaries=True):
+    self._logdir = logdir
+    self._every_n_steps = max(1, every_n_steps)
+    self._write_summaries = write_summaries
+    self._calls = 0
+
+  def __call__(self, unused_session, step):
+    self._calls += 1
+    if self._calls > self.FIRST_STEPS and step % self._every_n_steps:
+      return
+    usage = memory_saving_gradients.memory_usage()
+    logger.info('Memory after step %d: %s', step,
+                ', '.join('%s %.1f MiB' % (name, value / 2.0**20) for name, value in usage.items()))
+    if self._write_summaries:
+      # The writer SummarySaverHook uses for this logdir (cached), so there is one event file.
+      writer = tf.summary.FileWriterCache.get(self._logdir)
+      writer.add_summary(tf.Summary(value=[
+          tf.Summary.Value(tag='Memory/%s_MiB' % name, simple_value=value / 2.0**20)
+          for name, value in usage.items()]), step)
+      writer.flush()
+
+
+def main(argv):
+  del argv
+  checkpoints = checkpoints_from_flags(FLAGS.checkpoint_nodes, FLAGS.checkpoint_mode)
+  logger.info('Memory-saving gradients, checkpoints: %s',
+              checkpoints if isinstance(checkpoints, str) else ', '.join(checkpoints))
+  options = train.options_from_flags(gradients_fn=memory_saving_gradients.make_gradients_fn(
+      checkpoints, colocate_gradients_with_ops=True))
+  if FLAGS.log_memory:
+    cluster = getattr(options, 'cluster', None)
+    options = options._replace(step_callback=MemoryLogger(
+        FLAGS.logdir, FLAGS.log_memory_every_n_steps or FLAGS.log_every_n_steps,
+        write_summaries=cluster is None or cluster.is_chief))
+  train.run(options)
+
+
+def console_main():
+  """Entry point of the installed `pspnet-train-mem-saving` command."""
+  define_flags()
+  app.run(main)
+
+
+if __name__ == '__main__':
+  console_main()
