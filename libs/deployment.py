@@ -11,11 +11,18 @@ global batch moments, so the gradient of the summed loss is taken in one pass ov
 colocated with their forward ops, i.e. on each clone's device) instead of one pass per clone.
 """
 import collections
+import contextlib
 
 from libs import batch_norm as batch_norm_lib
 from libs.compat import tf
 
 Clone = collections.namedtuple('Clone', ['outputs', 'scope', 'device'])
+
+
+def device_scope(device):
+  """tf.device(device), or nothing for None: `tf.device(None)` would clear enclosing device functions such as
+  the replica device setter of distributed training."""
+  return tf.device(device) if device is not None else contextlib.nullcontext()
 
 
 def clone_scope(index, num_clones):
@@ -75,7 +82,7 @@ def create_clones(num_clones, clone_on_cpu, clone_fn, sync_batch_norm=False, wor
   for i in range(num_clones):
     scope = clone_scope(i, num_clones)
     device = clone_device(i, num_clones, clone_on_cpu, worker_device)
-    with tf.name_scope(scope or None) as name_scope, tf.device(device):
+    with tf.name_scope(scope or None) as name_scope, device_scope(device):
       with tf.variable_scope(tf.get_variable_scope(), reuse=True if i > 0 else None):
         if syncer is not None:
           with syncer.clone(i, device):
@@ -124,6 +131,6 @@ def clone_gradients(clones, clone_losses, variables, regularization_loss=None, g
       return _sum_gradients([gradients_fn(tf.add_n(scaled), variables)], variables)
   per_clone = []
   for clone, loss in zip(clones, scaled):
-    with tf.name_scope(clone.scope or None), tf.device(clone.device):
+    with tf.name_scope(clone.scope or None), device_scope(clone.device):
       per_clone.append(gradients_fn(loss, variables))
   return _sum_gradients(per_clone, variables)

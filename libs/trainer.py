@@ -39,6 +39,7 @@ logger = tf.get_logger()
 
 CHECKPOINT_BASENAME = 'model.ckpt'
 FINE_TUNE_TYPES = ('classification', 'segmentation')
+WORKER_POLL_SECS = 2
 
 
 class TrainOptions(collections.namedtuple('TrainOptions', [
@@ -159,7 +160,7 @@ def build_training_graph(pipeline_config, options):
   clone_batches = _split_batch(batch, num_clones)
 
   variables_device = deployment.variables_device(num_clones)
-  with tf.device(variables_device):
+  with deployment.device_scope(variables_device):
     optimizer, learning_rate = optimizer_builder.build(
         train_config.optimizer, global_step=global_step, num_steps=train_config.num_steps)
     if options.cluster is not None and options.cluster.sync_replicas:
@@ -193,7 +194,7 @@ def build_training_graph(pipeline_config, options):
   # backbone its statistics stay as restored.
   update_ops = [op for op in tf.get_collection(tf.GraphKeys.UPDATE_OPS, clones[0].scope or None)
                 if not (train_config.freeze_fine_tune_backbone and 'SharedFeatureExtractor/' in op.name)]
-  with tf.device(variables_device):
+  with deployment.device_scope(variables_device):
     apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
   with tf.control_dependencies([apply_op] + update_ops):
     # The global step after this update: progress lines and checkpoints carry the step just completed.
@@ -279,6 +280,20 @@ class _StopRequest(object):
     return False
 
 
+class _WorkerSessionCreator(tf.train.WorkerSessionCreator):
+  """A non-chief worker's session: waits for the chief to initialise the variables, polling every
+  WORKER_POLL_SECS instead of TensorFlow's 30 s, so that workers start (and restarted workers rejoin) promptly."""
+
+  def _get_session_manager(self):
+    # pylint: disable=protected-access
+    if self._session_manager is None:
+      self._session_manager = tf.train.SessionManager(
+          local_init_op=self._scaffold.local_init_op, local_init_feed_dict=self._scaffold.local_init_feed_dict,
+          ready_op=self._scaffold.ready_op, ready_for_local_init_op=self._scaffold.ready_for_local_init_op,
+          graph=tf.get_default_graph(), recovery_wait_secs=WORKER_POLL_SECS)
+    return self._session_manager
+
+
 def _session_config(options):
   config = tf.ConfigProto()
   if options.session_config is not None:
@@ -320,7 +335,7 @@ def train(pipeline_config, logdir, options=None, config_path=None):
       fine_tune_path = checkpoint_utils.resolve_checkpoint(train_config.fine_tune_checkpoint)
 
     graph = tf.Graph()
-    with graph.as_default(), tf.device(cluster.device_setter() if cluster else None):
+    with graph.as_default(), deployment.device_scope(cluster.device_setter() if cluster else None):
       g = build_training_graph(pipeline_config, options)
       init_fn = None
       if fine_tune_path:
@@ -359,11 +374,14 @@ def train(pipeline_config, logdir, options=None, config_path=None):
     master = cluster.target if cluster else ''
     progress = _Progress(train_config.num_steps, g.batch_size, pipeline_config.train_input_reader.num_examples)
     step = None
-    with tf.train.MonitoredTrainingSession(
-        master=master, is_chief=is_chief, checkpoint_dir=logdir if is_chief else None, scaffold=scaffold,
-        hooks=hooks, chief_only_hooks=chief_hooks, save_checkpoint_secs=None, save_checkpoint_steps=None,
-        save_summaries_steps=None, save_summaries_secs=None, log_step_count_steps=0,
-        config=_session_config(options)) as sess, _StopRequest() as stop:
+    if is_chief:
+      session_creator = tf.train.ChiefSessionCreator(scaffold=scaffold, master=master,
+                                                     config=_session_config(options), checkpoint_dir=logdir)
+      hooks = hooks + chief_hooks
+    else:
+      session_creator = _WorkerSessionCreator(scaffold=scaffold, master=master, config=_session_config(options))
+    with tf.train.MonitoredSession(session_creator=session_creator, hooks=hooks) as sess, \
+        _StopRequest() as stop:
       step = int(sess.run(g.global_step)) if not sess.should_stop() else None
       if step is not None:
         logger.info('Training from step %d%s; logging every %d steps to %s.', step,
