@@ -254,3 +254,52 @@ def test_unused_import_guard():
   # Keep the modules this file documents importable (pspnet_architecture, batch_norm) without side effects.
   assert pspnet_architecture.FEATURE_EXTRACTOR_SCOPE == 'SharedFeatureExtractor'
   assert callable(batch_norm)
+
+
+def _one_step_state(config, num_clones, init_checkpoint):
+  """Restores init_checkpoint, runs one training step, returns (total loss, {variable name: value})."""
+  with tf.Graph().as_default():
+    graph = trainer.build_training_graph(config, _options(num_clones=num_clones, clone_on_cpu=True))
+    names = ['PSPModule/Conv_4/weights', 'Logits/Conv/weights',
+             'SharedFeatureExtractor/resnet_v1_50/block1/unit_1/bottleneck_v1/conv1/BatchNorm/moving_mean',
+             'PSPModule/Conv_4/BatchNorm/moving_variance']
+    variables = {v.op.name: v for v in tf.global_variables() if v.op.name in names}
+    session_config = fast_session_config()
+    session_config.device_count['CPU'] = 2
+    with tf.Session(config=session_config) as sess:
+      sess.run(tf.global_variables_initializer())
+      tf.train.Saver(slim.get_model_variables()).restore(sess, init_checkpoint)
+      _, loss = sess.run([graph.train_op, graph.total_loss])
+      return loss, sess.run(variables)
+
+
+def test_synchronized_batch_norm_clones_train_like_one_clone_with_the_whole_batch(cityscapes_records, tmp_path):
+  # A deterministic batch of 4 different frames; SGD so that one step's update is linear in the gradient.
+  text = """
+      model { pspnet { hyperparams { batch_norm { sync_across_clones: true } } } }
+      train_config {
+        preprocessor_step { resize_image { new_height: 33 new_width: 65 } }
+        optimizer { momentum_optimizer { learning_rate { constant_learning_rate { learning_rate: 0.1 } } } }
+      }"""
+  config = _pipeline(cityscapes_records, batch_size=4, extra=text)
+  unsynced = _pipeline(cityscapes_records, batch_size=4, extra=text.replace('true', 'false'))
+  for c in (config, unsynced):
+    del c.train_config.preprocessor_step[0]  # the tiny config's random crop
+    assert c.train_config.optimizer.WhichOneof('optimizer') == 'momentum_optimizer'
+  # Same initial weights everywhere.
+  init = str(tmp_path / 'init.ckpt')
+  with tf.Graph().as_default():
+    trainer.build_training_graph(config, _options())
+    with tf.Session(config=fast_session_config()) as sess:
+      sess.run(tf.global_variables_initializer())
+      tf.train.Saver(slim.get_model_variables()).save(sess, init)
+  one_loss, one = _one_step_state(config, 1, init)
+  sync_loss, synced = _one_step_state(config, 2, init)
+  plain_loss, plain = _one_step_state(unsynced, 2, init)
+  assert sync_loss == pytest.approx(one_loss, rel=1e-4)
+  for name in one:
+    np.testing.assert_allclose(synced[name], one[name], rtol=1e-3, atol=1e-5, err_msg=name)
+  # Per-clone batch norm (the original toolkit's behaviour) is visibly different.
+  assert abs(plain_loss - one_loss) > 1e-3 * abs(one_loss)
+  moving = 'SharedFeatureExtractor/resnet_v1_50/block1/unit_1/bottleneck_v1/conv1/BatchNorm/moving_mean'
+  assert np.abs(plain[moving] - one[moving]).max() > 10 * np.abs(synced[moving] - one[moving]).max()
