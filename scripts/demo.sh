@@ -3,7 +3,9 @@
 #   1. make the dataset: the real Cityscapes frame in ../shared/data/cityscapes_sample (when present) plus
 #      synthetic frames in the official folder layout (leftImg8bit/, gtFine/ with labelIds/labelTrainIds);
 #   2. convert train and val to TFRecords;
-#   3. train the small PSPNet of configs/pspnet_demo_tiny.config.
+#   3. train the small PSPNet of configs/pspnet_demo_tiny.config;
+#   4. evaluate the final checkpoint on val (mIoU, per-class IoU);
+#   5. segment the val images (train-id, colour and overlay PNGs).
 # Everything goes to ./demo_output (delete it to start over; re-running resumes training).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,20 +16,28 @@ SAMPLE=../shared/data/cityscapes_sample
 SAMPLE_ARG=()
 if [ -d "$SAMPLE" ]; then SAMPLE_ARG=(--sample_dir "$SAMPLE"); fi
 
-echo "== 1/3 dataset -> $OUT/cityscapes"
+echo "== 1/5 dataset -> $OUT/cityscapes"
 if [ ! -d "$OUT/cityscapes/leftImg8bit" ]; then
   python dataset_tools/make_synthetic_cityscapes.py --output_dir "$OUT/cityscapes" --num_train 24 --num_val 4 \
     "${SAMPLE_ARG[@]}"
 fi
 
-echo "== 2/3 TFRecords -> $OUT/records"
+echo "== 2/5 TFRecords -> $OUT/records"
 for split in train val; do
   python dataset_tools/create_cityscapes_tfrecord.py --cityscapes_dir "$OUT/cityscapes" --split_type "$split" \
     --output_dir "$OUT/records"
 done
 
-echo "== 3/3 train -> $OUT/train"
+echo "== 3/5 train -> $OUT/train"
 python train.py --config_path configs/pspnet_demo_tiny.config --logdir "$OUT/train" --log_every_n_steps 10 \
   --image_summaries --test_image_summaries --save_summaries_secs 5
 
-echo "Done. TensorBoard: tensorboard --logdir train:$OUT/train"
+echo "== 4/5 eval -> $OUT/eval"
+python eval.py --config_path configs/pspnet_demo_tiny.config --train_dir "$OUT/train" --eval_dir "$OUT/eval" \
+  --verbose --max_evals 1 --eval_interval_secs 1
+
+echo "== 5/5 inference -> $OUT/inference"
+python inference.py --config_path configs/pspnet_demo_tiny.config --trained_checkpoint "$OUT/train" \
+  --input_path "$OUT/cityscapes/leftImg8bit/val" --output_dir "$OUT/inference" --input_shape 128,256,3 --overlay
+
+echo "Done. TensorBoard: tensorboard --logdir train:$OUT/train,eval:$OUT/eval"
