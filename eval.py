@@ -15,8 +15,8 @@ from absl import app
 from absl import flags
 
 from libs import config_util
+from libs import device_flags
 from libs import evaluator
-from libs.compat import tf
 
 FLAGS = flags.FLAGS
 
@@ -42,18 +42,9 @@ def define_flags():
                        'evaluation images to TensorBoard (EvalImages/...).' % evaluator.MAX_EVAL_IMAGES)
   flags.DEFINE_boolean('keep_best_checkpoint', True, 'Save the weights of the best checkpoint so far (by mIoU) '
                        'into --eval_dir/best/, out of reach of the trainer\'s checkpoint retention.')
-  flags.DEFINE_boolean('allow_growth', False, 'Let TensorFlow grow GPU memory as needed instead of taking it '
-                       'all (to share a GPU with train.py).')
-  flags.DEFINE_float('gpu_memory_fraction', 0.0, 'If > 0, cap the GPU memory this process takes.')
+  device_flags.define_device_flags(other_process='train.py')
+  flags.adopt_module_key_flags(device_flags)  # list them in --help
   flags.mark_flags_as_required(['config_path', 'train_dir', 'eval_dir'])
-
-
-def session_config_from_flags():
-  config = tf.ConfigProto(allow_soft_placement=True)
-  config.gpu_options.allow_growth = FLAGS.allow_growth
-  if FLAGS.gpu_memory_fraction > 0:
-    config.gpu_options.per_process_gpu_memory_fraction = FLAGS.gpu_memory_fraction
-  return config
 
 
 def options_from_flags():
@@ -66,7 +57,7 @@ def options_from_flags():
       verbose=FLAGS.verbose,
       log_every_n_images=FLAGS.log_every_n_images,
       keep_best_checkpoint=FLAGS.keep_best_checkpoint,
-      session_config=session_config_from_flags())
+      session_config=device_flags.session_config_from_flags())
 
 
 def main(argv):

@@ -12,8 +12,8 @@ from absl import flags
 
 from libs import cluster
 from libs import config_util
+from libs import device_flags
 from libs import trainer
-from libs.compat import tf
 
 FLAGS = flags.FLAGS
 
@@ -39,9 +39,8 @@ def define_flags():
                        'training batch to TensorBoard.')
   flags.DEFINE_boolean('test_image_summaries', False, 'Add images of the model in inference mode (moving '
                        'batch-norm statistics, no dropout) on a training image to TensorBoard.')
-  flags.DEFINE_boolean('allow_growth', False, 'Let TensorFlow grow GPU memory as needed instead of taking it '
-                       'all (to share a GPU with eval.py).')
-  flags.DEFINE_float('gpu_memory_fraction', 0.0, 'If > 0, cap the GPU memory this process takes.')
+  device_flags.define_device_flags(other_process='eval.py')
+  flags.adopt_module_key_flags(device_flags)  # list them in --help
   # Multi-machine training (libs/cluster.py). The TF_CONFIG environment variable is the alternative.
   flags.DEFINE_string('master', '', 'Session target of this worker (grpc://host:port) whose server knows the '
                       'cluster. Empty: train in this process (or from TF_CONFIG).')
@@ -51,14 +50,6 @@ def define_flags():
   flags.DEFINE_boolean('sync_replicas', False, 'Aggregate the gradients of all workers synchronously each step '
                        '(tf.train.SyncReplicasOptimizer) instead of asynchronous updates.')
   flags.mark_flags_as_required(['config_path', 'logdir'])
-
-
-def session_config_from_flags():
-  config = tf.ConfigProto(allow_soft_placement=True)
-  config.gpu_options.allow_growth = FLAGS.allow_growth
-  if FLAGS.gpu_memory_fraction > 0:
-    config.gpu_options.per_process_gpu_memory_fraction = FLAGS.gpu_memory_fraction
-  return config
 
 
 def options_from_flags(**overrides):
@@ -72,7 +63,7 @@ def options_from_flags(**overrides):
       log_every_n_steps=FLAGS.log_every_n_steps,
       image_summaries=FLAGS.image_summaries,
       test_image_summaries=FLAGS.test_image_summaries,
-      session_config=session_config_from_flags(),
+      session_config=device_flags.session_config_from_flags(),
       **overrides)
 
 

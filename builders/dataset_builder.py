@@ -18,6 +18,7 @@ from libs import preprocessor
 from libs.compat import tf
 from libs.config_errors import ConfigError
 from libs.config_errors import require_oneof
+from libs.config_errors import require_positive_int
 from libs.standard_fields import InputDataFields
 from libs.standard_fields import TfExampleFields
 
@@ -226,16 +227,6 @@ def _check_batchable(dataset, batch_size):
           'random_image_scale, or use batch size 1.' % (batch_size, key, shape))
 
 
-def _require_positive_int(config, name, field_path):
-  """Returns config.<name>, raising ConfigError when it is unset or <= 0."""
-  if not config.HasField(name):
-    raise ConfigError('%s.%s' % (field_path, name), None, 'must be set to an integer > 0')
-  value = getattr(config, name)
-  if value <= 0:
-    raise ConfigError('%s.%s' % (field_path, name), value, 'must be > 0')
-  return value
-
-
 def build_eval_preprocess_fn(eval_config, ignore_label=255, field_path='eval_config'):
   """Builds the evaluation preprocess_fn for build() from eval_config.eval_input_type.
 
@@ -266,8 +257,8 @@ def build_eval_preprocess_fn(eval_config, ignore_label=255, field_path='eval_con
   type_path = field_path + '.eval_input_type'
   which = require_oneof(eval_config.eval_input_type, 'eval_input_type_oneof', type_path)
   input_config = getattr(eval_config.eval_input_type, which)
-  height = _require_positive_int(input_config, 'height', '%s.%s' % (type_path, which))
-  width = _require_positive_int(input_config, 'width', '%s.%s' % (type_path, which))
+  height = require_positive_int(input_config, 'height', '%s.%s' % (type_path, which))
+  width = require_positive_int(input_config, 'width', '%s.%s' % (type_path, which))
 
   if which == 'cropped_eval_input':
     def central_crop(image, label, filename=None):

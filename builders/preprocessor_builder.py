@@ -12,6 +12,7 @@ import functools
 from libs import preprocessor
 from libs.config_errors import ConfigError
 from libs.config_errors import require_oneof
+from libs.config_errors import require_positive_int
 
 _ONEOF = 'preprocessing_step'
 
@@ -31,20 +32,10 @@ def _build_random_image_scale(config, field_path, ignore_label):
                            min_scale_ratio=min_ratio, max_scale_ratio=max_ratio)
 
 
-def _require_positive_int(config, name, field_path):
-  """Returns config.<name>, raising ConfigError when it is unset or <= 0."""
-  if not config.HasField(name):
-    raise ConfigError('%s.%s' % (field_path, name), None, 'must be set to an integer > 0')
-  value = getattr(config, name)
-  if value <= 0:
-    raise ConfigError('%s.%s' % (field_path, name), value, 'must be > 0')
-  return value
-
-
 def _build_random_image_crop(config, field_path, ignore_label):
   """Validates a RandomImageCrop message and returns its (image, label) function."""
-  crop_height = _require_positive_int(config, 'crop_height', field_path)
-  crop_width = _require_positive_int(config, 'crop_width', field_path)
+  crop_height = require_positive_int(config, 'crop_height', field_path)
+  crop_width = require_positive_int(config, 'crop_width', field_path)
   # The channel fields only exist for compatibility with the original configs; the pipeline is RGB images
   # with single-channel labels.
   if config.images_channel_dim != 3:
@@ -67,8 +58,8 @@ def _build_random_horizontal_flip(config, field_path, ignore_label):
 def _build_resize_image(config, field_path, ignore_label):
   """Validates a ResizeImage message and returns its (image, label) function."""
   del ignore_label  # Resizing never pads.
-  new_height = _require_positive_int(config, 'new_height', field_path)
-  new_width = _require_positive_int(config, 'new_width', field_path)
+  new_height = require_positive_int(config, 'new_height', field_path)
+  new_width = require_positive_int(config, 'new_width', field_path)
   return functools.partial(preprocessor.resize_image, new_height=new_height, new_width=new_width)
 
 

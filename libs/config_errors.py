@@ -50,3 +50,13 @@ def require_oneof(message, oneof_name, field_path, allowed=None):
       allowed = [f.name for f in message.DESCRIPTOR.oneofs_by_name[oneof_name].fields]
     raise ConfigError(field_path, None, 'exactly one of {%s} must be set' % ', '.join(allowed))
   return which
+
+
+def require_positive_int(config, name, field_path):
+  """Returns config.<name>, raising ConfigError when the field is unset or <= 0."""
+  if not config.HasField(name):
+    raise ConfigError('%s.%s' % (field_path, name), None, 'must be set to an integer > 0')
+  value = getattr(config, name)
+  if value <= 0:
+    raise ConfigError('%s.%s' % (field_path, name), value, 'must be > 0')
+  return value
