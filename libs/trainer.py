@@ -104,6 +104,21 @@ def validate_train_config(pipeline_config, num_clones):
   if train_config.freeze_fine_tune_backbone and not train_config.fine_tune_checkpoint:
     raise ConfigError('train_config.freeze_fine_tune_backbone', True,
                       'needs train_config.fine_tune_checkpoint (a frozen random backbone cannot learn)')
+  _check_crop_fits_eval_pad(pipeline_config)
+
+
+def _check_crop_fits_eval_pad(pipeline_config):
+  """A training crop larger than the padded evaluation size means the model is evaluated on inputs smaller
+  than those it was trained on, always a config slip (the seed's recipe: crop 713, pad 1025 x 2049)."""
+  size = preprocessor_builder.output_size(pipeline_config.train_config.preprocessor_step)
+  eval_type = pipeline_config.eval_config.eval_input_type
+  if size is None or eval_type.WhichOneof('eval_input_type_oneof') != 'padded_eval_input':
+    return
+  pad = eval_type.padded_eval_input
+  for dim, crop, padded in (('height', size[0], pad.height), ('width', size[1], pad.width)):
+    if padded and crop > padded:
+      raise ConfigError('eval_config.eval_input_type.padded_eval_input.' + dim, padded,
+                        'must be >= the training crop %s (%d) of train_config.preprocessor_step' % (dim, crop))
 
 
 def build_input(pipeline_config, num_classes, ignore_label):
