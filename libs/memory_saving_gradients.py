@@ -32,6 +32,11 @@ pass; only checkpoints stay alive until backprop. Two things make that true at r
   checkpoints, available after the forward pass) and hold every segment's activations at once.
 * Nothing outside the copies refers to a copy, and the copies are never added to a collection.
 
+Two scheduling constraints inside the gradient lower the peak further (measured on PSPNet50, 385x385, batch 2,
+CPU; see README "Memory-saving training"): each convolution's input gradient waits for its filter gradient (run
+concurrently, their workspaces add up), and partial gradients computed from parameters only (weight decay) are
+computed when the variable's other partial gradients are ready instead of at the start of backprop.
+
 What is never copied (its original output is read instead, so it is effectively a checkpoint): stateful ops
 (random ops such as dropout's, so recomputation sees the same random values; variable reads; assign ops;
 iterators), constants, ops on reference dtypes, and control-flow ops. Batch-norm moving-average updates are
@@ -448,6 +453,30 @@ def _sum(gradients, name):
   return tf.add_n([tf.convert_to_tensor(g) for g in gradients], name=name)
 
 
+# Gradient ops of a convolution with respect to its input and to its filter; both take the output gradient as
+# input 2. CPU kernels allocate an im2col-style workspace of about input size x kernel area for each.
+_INPUT_GRADIENT_TYPES = frozenset(['Conv2DBackpropInput', 'DepthwiseConv2dNativeBackpropInput',
+                                   'Conv3DBackpropInputV2'])
+_FILTER_GRADIENT_TYPES = frozenset(['Conv2DBackpropFilter', 'DepthwiseConv2dNativeBackpropFilter',
+                                    'Conv3DBackpropFilterV2'])
+
+
+def _serialize_convolution_gradients(ops):
+  """Makes each convolution's input-gradient op wait for its filter-gradient op.
+
+  Both are ready at the same moment; run concurrently, their workspaces add up (822 MiB for PSPNet50's 3x3
+  fusion convolution at batch 2, 385x385, on a CPU, more than all checkpoints). Filter first: it is the last
+  reader of the (recomputed) forward input, which is then freed. The kernels use intra-op threads either way.
+  """
+  filters = {}
+  for op in ops:
+    if op.type in _FILTER_GRADIENT_TYPES:
+      filters[_key(op.inputs[2])] = op
+  for op in ops:
+    if op.type in _INPUT_GRADIENT_TYPES and _key(op.inputs[2]) in filters:
+      op._add_control_inputs([filters[_key(op.inputs[2])]])  # pylint: disable=protected-access
+
+
 def _segment_ops(seed, fwd, checkpoint_ops):
   """Forward ops to recompute for the checkpoint op `seed`: its ancestors up to the other checkpoints, that can be
   copied. Non-copyable differentiable ops in between are logged: their gradient reads original tensors."""
@@ -540,8 +569,8 @@ def _segmented_gradients(ys, xs, grad_ys, kept, fwd, graph, user_stops, unconnec
   partial = collections.defaultdict(list)  # checkpoint key -> partial gradients
   x_partials = [[] for _ in xs]
 
-  def record(results, boundary):
-    """Stores partial gradients; returns the ops every later segment waits for."""
+  def record(results, boundary, deferred=()):
+    """Stores partial gradients; returns the ops every later segment waits for (not the deferred ones)."""
     done = []
     for t, g in zip(boundary, results[:len(boundary)]):
       if g is not None:
@@ -550,13 +579,16 @@ def _segmented_gradients(ys, xs, grad_ys, kept, fwd, graph, user_stops, unconnec
     for i, g in enumerate(results[len(boundary):]):
       if g is not None:
         x_partials[i].append(g)
-        done += _tensor_ops(g)
+        done += _tensor_ops(g) if i not in deferred else []
     return done
 
   # The segment next to the loss, on the original forward ops.
+  first_new = len(graph.get_operations())
   results = _tf_gradients(ys, kept + xs, grad_ys, name='gradients', stop_gradients=kept + user_stops,
                           unconnected_gradients=UnconnectedGradients.NONE, **kwargs)
-  wait_for = record(results, kept)
+  _serialize_convolution_gradients(graph.get_operations()[first_new:])
+  deferred = _parameter_only(results[len(kept):], fwd)
+  wait_for = record(results, kept, deferred)
   gate = None
   for index, seed in enumerate(reversed(checkpoint_ops)):
     outputs = [t for t in seed.outputs if partial.get(_key(t))]
@@ -569,15 +601,41 @@ def _segmented_gradients(ys, xs, grad_ys, kept, fwd, graph, user_stops, unconnec
       seed_ys = [copies[seed].outputs[t.value_index] if seed in copies else t for t in outputs]
       seed_grads = [_sum(partial[_key(t)], 'sum_' + t.op.name.split('/')[-1]) for t in outputs]
       boundary = [t for t in kept if t.op is not seed]
+      first_new = len(graph.get_operations())
       results = _tf_gradients(seed_ys, boundary + xs, seed_grads, name='gradients',
                               stop_gradients=boundary + user_stops,
                               unconnected_gradients=UnconnectedGradients.NONE, **kwargs)
+      _serialize_convolution_gradients(graph.get_operations()[first_new:])
       wait_for = record(results, boundary)
+  for i in deferred:
+    # Computed when the variable's gradient through the recomputed segments is ready, not at the start.
+    later = [op for g in x_partials[i][1:] for op in _tensor_ops(g)]
+    if later:
+      x_partials[i][0].op._add_control_inputs(later)  # pylint: disable=protected-access
   with tf.name_scope('sum'):
     grads = [_sum(g, 'x_%d' % i) if g else None for i, g in enumerate(x_partials)]
   if unconnected == UnconnectedGradients.ZERO:
     grads = [g if g is not None else _zeros_for(x) for g, x in zip(grads, xs)]
   return grads
+
+
+def _parameter_only(loss_side_partials, fwd):
+  """Indices of the loss-side partial gradients computed from parameters and scalars only (weight decay:
+  2 * lambda * w).
+
+  The loss-side pass computes them at the start of backprop, and each would wait there, as large as its
+  variable, for the gradient that comes through the recomputed segments (~240 MiB of PSPNet50's weight decay at
+  the peak): they are deferred until then (and no segment waits for them).
+  """
+  data_ops = set(fwd.data_ops())
+  small = lambda t: t.shape.num_elements() is not None and t.shape.num_elements() <= 1
+  deferred = set()
+  for i, g in enumerate(loss_side_partials):
+    if g is None or isinstance(g, tf.IndexedSlices):
+      continue
+    if all(small(t) or (t.op in fwd.ops and t.op not in data_ops) for t in g.op.inputs):
+      deferred.add(i)
+  return deferred
 
 
 def _zeros_for(x):

@@ -4,6 +4,7 @@ errors; what is never copied (variables, assign and random ops, collections); ga
 optimizers and tf-slim; and peak memory measured in a fresh process."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -39,7 +40,7 @@ def _chain(num_layers=10, width=16, dtype=tf.float64, dropout=True):
     layers.append(h)
   if dropout:
     h = tf.nn.dropout(h, rate=0.3)
-  loss = tf.reduce_sum(h * h) + 0.1 * tf.add_n([tf.reduce_sum(w * w) for w in weights])
+  loss = tf.reduce_sum(h * h) + 0.1 * tf.add_n([tf.nn.l2_loss(w) for w in weights])  # weight decay as slim's
   return loss, weights, x, layers
 
 
@@ -142,6 +143,10 @@ def test_seed_nodes_resolve_on_full_pspnet50_and_a_misspelt_one_fails_with_the_s
     assert not [op for op in copies if op._is_stateful or op.type in ('VarHandleOp', 'ReadVariableOp')]  # pylint: disable=protected-access
     assert {key: list(graph.get_collection(key)) for key in collections} == collections
     assert len(tf.global_variables()) == num_variables
+    # Each convolution's input gradient waits for its filter gradient (their CPU workspaces would add up).
+    input_grads = [op for op in graph.get_operations() if op.type == 'Conv2DBackpropInput'
+                   and op.name.startswith('memory_saving_gradients/')]
+    assert input_grads and all('Conv2DBackpropFilter' in [c.type for c in op.control_inputs] for op in input_grads)
     misspelt = SEED_CHECKPOINT_NODES[:2] + ['SharedFeatureExtractor/resnet_v1_50/block3/unit_6/botleneck_v1/Relu']
     with pytest.raises(ValueError) as error:
       msg.gradients(loss, variables, checkpoints=misspelt)
@@ -183,6 +188,15 @@ def test_segments_wait_for_all_gradients_of_later_segments_and_copy_no_random_op
     later_weight_grads = set(g.op.name for g in grads[7:])
     assert later_weight_grads <= set().union(*[_ancestor_names(graph, name) for name in waited[0]])
     assert gates[0].name in waited[1]
+    # Weight decay of the recomputed layers is computed when their data gradient is ready, and no gate waits for
+    # it (it would otherwise sit in memory from the start of backprop).
+    decay = [op for op in graph.get_operations() if op.name.startswith('memory_saving_gradients/gradients/')
+             and re.search(r'/L2Loss(_\d+)?_grad/mul$', op.name)]
+    assert len(decay) == 10
+    deferred = [op for op in decay if op.control_inputs]
+    assert len(deferred) == 7  # w0..w6; w7..w9 are on the loss side, where nothing is recomputed
+    gate_ancestors = set().union(*[_ancestor_names(graph, gate.name) for gate in gates])
+    assert not [op.name for op in deferred if op.name in gate_ancestors]
 
 
 def _ancestor_names(graph, name):
