@@ -13,6 +13,13 @@ from tf-slim's own pieces (`resnet_utils.conv2d_same`, `resnet_utils.stack_block
 Atrous convolution comes from slim's `output_stride`: with output stride 8, block1 ends at stride 8 (slim puts
 the stride in the last unit of a block), block2 keeps it, block3 runs at rate 2 and block4 at rate 4, as in the
 PSPNet paper (Zhao et al., CVPR 2017).
+
+How an atrous convolution runs is a switch (`native_atrous_conv`, protos/pspnet.proto), not a different network:
+tf-slim builds it as SpaceToBatchND -> Conv2D -> BatchToSpaceND (the default, what the original project ran);
+with the switch it is one Conv2D with `dilations`. Both compute the same function with the same variables under
+the same names, so checkpoints are interchangeable (tests/test_bench.py compares them). The native op's gradient
+goes through the SpaceToBatchND formulation, because TensorFlow's CPU kernels of Conv2DBackpropInput/Filter
+reject dilations.
 """
 from libs.compat import slim
 from libs.compat import tf
@@ -33,17 +40,120 @@ def scaled_depth(depth, filter_scale):
   return max(1, int(depth * filter_scale))
 
 
-def resnet_v1_blocks(filter_scale=1.0, num_units_per_block=RESNET50_UNITS):
-  """The four `resnet_utils.Block`s of a (scaled) ResNet50-style network."""
-  return [
-      resnet_v1.resnet_v1_block('block%d' % (i + 1), base_depth=scaled_depth(depth, filter_scale),
-                                num_units=units, stride=stride)
-      for i, (depth, units, stride) in enumerate(zip(_BASE_DEPTHS, num_units_per_block, _BLOCK_STRIDES))
-  ]
+# gradient_override_map name of native atrous Conv2D ops (see _native_atrous_conv2d_grad).
+_NATIVE_ATROUS_GRADIENT = 'PSPNetNativeAtrousConv2D'
+
+
+@tf.RegisterGradient(_NATIVE_ATROUS_GRADIENT)
+def _native_atrous_conv2d_grad(op, grad):
+  """Gradient of a dilated stride-1 Conv2D through slim's SpaceToBatchND formulation.
+
+  TensorFlow's CPU Conv2DBackpropInput/Filter kernels reject dilations > 1, so the backward pass is the one
+  of the equivalent SpaceToBatchND -> Conv2D -> BatchToSpaceND graph (the forward Conv2D that tf.nn.convolution
+  builds here is never run: nothing but the gradients reads it). It works on every device.
+  """
+  inputs, kernel = op.inputs
+  rate = op.get_attr('dilations')[1:3]
+  equivalent = tf.nn.convolution(inputs, kernel, padding=op.get_attr('padding').decode(), dilations=rate)
+  return tf.gradients(equivalent, [inputs, kernel], grad_ys=grad)
+
+
+def native_atrous_conv2d(inputs, num_outputs, kernel_size, rate, scope=None):
+  """`slim.conv2d(inputs, num_outputs, kernel_size, rate=rate, padding='SAME', scope=scope)` as one dilated Conv2D.
+
+  The layer reads slim.conv2d's arg_scope (initializer, regularizer, normalizer, activation, collections) and
+  creates exactly slim's variables (`<scope>/weights`, then the normalizer's, or `<scope>/biases`), so a
+  checkpoint of either form restores into the other. Stride 1 and SAME padding only (atrous layers of ResNet).
+
+  Args:
+    inputs: float [N, H, W, C] with a static C.
+    num_outputs: output channels.
+    kernel_size: int, square kernel.
+    rate: int > 1, the dilation.
+    scope: variable scope ('Conv' by default, as slim).
+
+  Returns:
+    [N, H, W, num_outputs], also added to the arg_scope's outputs_collections under the scope name.
+  """
+  params = dict(slim.current_arg_scope().get(slim.arg_scope_func_key(slim.conv2d), {}))
+  normalizer_fn = params.get('normalizer_fn')
+  activation_fn = params.get('activation_fn', tf.nn.relu)
+  with tf.variable_scope(scope, 'Conv', [inputs], reuse=params.get('reuse')) as sc:
+    dtype = inputs.dtype.base_dtype
+    channels = int(inputs.shape[-1])
+    collections = slim.utils.get_variable_collections(params.get('variables_collections'), 'weights')
+    weights = slim.model_variable(
+        'weights', shape=[kernel_size, kernel_size, channels, num_outputs], dtype=dtype,
+        initializer=params.get('weights_initializer', slim.xavier_initializer()),
+        regularizer=params.get('weights_regularizer'), collections=collections,
+        trainable=params.get('trainable', True))
+    with tf.get_default_graph().gradient_override_map({'Conv2D': _NATIVE_ATROUS_GRADIENT}):
+      outputs = tf.nn.conv2d(inputs, weights, strides=1, padding='SAME', dilations=rate, name='Conv2D')
+    if normalizer_fn is not None:
+      outputs = normalizer_fn(outputs, **(params.get('normalizer_params') or {}))
+    elif params.get('biases_initializer', tf.zeros_initializer()) is not None:
+      biases = slim.model_variable(
+          'biases', shape=[num_outputs], dtype=dtype,
+          initializer=params.get('biases_initializer', tf.zeros_initializer()),
+          regularizer=params.get('biases_regularizer'),
+          collections=slim.utils.get_variable_collections(params.get('variables_collections'), 'biases'),
+          trainable=params.get('trainable', True))
+      outputs = tf.nn.bias_add(outputs, biases)
+    if activation_fn is not None:
+      outputs = activation_fn(outputs)
+    return slim.utils.collect_named_outputs(params.get('outputs_collections'), sc.name, outputs)
+
+
+@slim.add_arg_scope
+def bottleneck(inputs, depth, depth_bottleneck, stride, rate=1, native_atrous_conv=False,
+               outputs_collections=None, scope=None):
+  """tf-slim's `resnet_v1.bottleneck` (same ops, names and variables), optionally with native atrous convs.
+
+  Args:
+    inputs: [N, H, W, C].
+    depth, depth_bottleneck: output and bottleneck channels.
+    stride: the unit's stride (on the 3x3 conv).
+    rate: atrous rate of the 3x3 conv.
+    native_atrous_conv: a 3x3 conv with rate > 1 runs as one dilated Conv2D (native_atrous_conv2d) instead of
+      slim's SpaceToBatchND -> Conv2D -> BatchToSpaceND.
+    outputs_collections: collection of the unit's output (end points).
+    scope: variable scope ('bottleneck_v1').
+
+  Returns:
+    [N, H / stride, W / stride, depth].
+  """
+  if not native_atrous_conv or rate == 1:
+    return resnet_v1.bottleneck(inputs, depth, depth_bottleneck, stride, rate=rate,
+                                outputs_collections=outputs_collections, scope=scope)
+  if stride != 1:
+    raise ValueError('atrous convolution with stride %d: slim never builds one' % stride)
+  with tf.variable_scope(scope, 'bottleneck_v1', [inputs]) as sc:
+    depth_in = slim.utils.last_dimension(inputs.get_shape(), min_rank=4)
+    if depth == depth_in:
+      shortcut = resnet_utils.subsample(inputs, stride, 'shortcut')
+    else:
+      shortcut = slim.conv2d(inputs, depth, [1, 1], stride=stride, activation_fn=None, scope='shortcut')
+    residual = slim.conv2d(inputs, depth_bottleneck, [1, 1], stride=1, scope='conv1')
+    residual = native_atrous_conv2d(residual, depth_bottleneck, 3, rate, scope='conv2')
+    residual = slim.conv2d(residual, depth, [1, 1], stride=1, activation_fn=None, scope='conv3')
+    output = tf.nn.relu(shortcut + residual)
+    return slim.utils.collect_named_outputs(outputs_collections, sc.name, output)
+
+
+def resnet_v1_blocks(filter_scale=1.0, num_units_per_block=RESNET50_UNITS, native_atrous_conv=False):
+  """The four `resnet_utils.Block`s of a (scaled) ResNet50-style network (slim's resnet_v1_block layout)."""
+  blocks = []
+  for i, (depth, units, stride) in enumerate(zip(_BASE_DEPTHS, num_units_per_block, _BLOCK_STRIDES)):
+    base_depth = scaled_depth(depth, filter_scale)
+    unit = {'depth': base_depth * 4, 'depth_bottleneck': base_depth, 'native_atrous_conv': native_atrous_conv}
+    # slim puts a block's stride in its last unit.
+    args = [dict(unit, stride=1)] * (units - 1) + [dict(unit, stride=stride)]
+    blocks.append(resnet_utils.Block('block%d' % (i + 1), bottleneck, args))
+  return blocks
 
 
 def dilated_resnet_v1_50(inputs, filter_scale=1.0, num_units_per_block=RESNET50_UNITS, output_stride=8,
-                         scope='resnet_v1_50', reuse=None):
+                         scope='resnet_v1_50', reuse=None, native_atrous_conv=False):
   """Builds the dilated ResNet50 v1 backbone (no global pool, no logits).
 
   Call it inside the network's arg_scope (builders/hyperparams_builder.py), which supplies batch norm,
@@ -56,6 +166,8 @@ def dilated_resnet_v1_50(inputs, filter_scale=1.0, num_units_per_block=RESNET50_
     output_stride: 8 or 16; the ratio of input to output resolution.
     scope: variable scope ('resnet_v1_50' so public checkpoints map name-for-name).
     reuse: reuse variables (for clones sharing weights).
+    native_atrous_conv: atrous 3x3 convs as one dilated Conv2D each instead of SpaceToBatchND -> Conv2D ->
+      BatchToSpaceND (same variables and results; see the module docstring).
 
   Returns:
     net: float32 [N, ceil(H / output_stride), ceil(W / output_stride), 2048 * filter_scale], block4 output.
@@ -68,10 +180,10 @@ def dilated_resnet_v1_50(inputs, filter_scale=1.0, num_units_per_block=RESNET50_
     raise ValueError('output_stride must be 8 or 16, got %r' % (output_stride,))
   if len(num_units_per_block) != 4:
     raise ValueError('num_units_per_block needs 4 values, got %r' % (list(num_units_per_block),))
-  blocks = resnet_v1_blocks(filter_scale, num_units_per_block)
+  blocks = resnet_v1_blocks(filter_scale, num_units_per_block, native_atrous_conv)
   with tf.variable_scope(scope, 'resnet_v1', [inputs], reuse=reuse) as sc:
     end_points_collection = sc.original_name_scope + '_end_points'
-    with slim.arg_scope([slim.conv2d, resnet_v1.bottleneck, resnet_utils.stack_blocks_dense],
+    with slim.arg_scope([slim.conv2d, bottleneck, resnet_v1.bottleneck, resnet_utils.stack_blocks_dense],
                         outputs_collections=end_points_collection):
       net = resnet_utils.conv2d_same(inputs, scaled_depth(_ROOT_DEPTH, filter_scale), 7, stride=2,
                                      scope='conv1')

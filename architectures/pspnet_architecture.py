@@ -70,8 +70,24 @@ def adaptive_average_pool(features, bins):
 
 
 def resize_bilinear(images, size):
-  """Bilinear resize with corners aligned (Caffe "interp" semantics: 90 -> 713 is an exact zoom by 8)."""
-  return tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True)
+  """Bilinear resize with corners aligned (Caffe "interp" semantics: 90 -> 713 is an exact zoom by 8).
+
+  The result has the dtype of `images` (ResizeBilinear itself always returns float32): bfloat16 graphs stay in
+  bfloat16 (tf.cast is a no-op for float32).
+  """
+  resized = tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True)
+  return tf.cast(resized, images.dtype)
+
+
+_HALF_DTYPES = (tf.bfloat16, tf.float16)
+
+
+def _float32_variable_getter(getter, name, shape=None, dtype=None, *args, **kwargs):
+  """Custom getter of mixed precision: a half-precision variable is created (or reused) as float32 under its
+  own name, so checkpoints are the same as float32 training's, and read as a cast to the half type."""
+  if dtype in _HALF_DTYPES:
+    return tf.cast(getter(name, shape, tf.float32, *args, **kwargs), dtype)
+  return getter(name, shape, dtype, *args, **kwargs)
 
 
 class PSPNetArchitecture(object):
@@ -92,7 +108,8 @@ class PSPNetArchitecture(object):
                aux_loss_weight=0.4,
                classification_loss_fn=None,
                ignore_label=255,
-               upsample_logits=True):
+               upsample_logits=True,
+               native_atrous_conv=False):
     """Configures the network; nothing is built until predict().
 
     Args:
@@ -111,6 +128,7 @@ class PSPNetArchitecture(object):
         positive weights (builders/losses_builder.py). Needed only for loss().
       ignore_label: label value excluded from the loss.
       upsample_logits: upsample logits to the labels' size (True) or downsample labels (False) for the loss.
+      native_atrous_conv: atrous backbone convs as one dilated Conv2D each (architectures/dilated_resnet_v1.py).
     """
     self._is_training = is_training
     self._num_classes = num_classes
@@ -127,6 +145,7 @@ class PSPNetArchitecture(object):
     self._classification_loss_fn = classification_loss_fn
     self._ignore_label = ignore_label
     self._upsample_logits = upsample_logits
+    self._native_atrous_conv = native_atrous_conv
 
   @property
   def num_classes(self):
@@ -186,22 +205,30 @@ class PSPNetArchitecture(object):
                          biases_initializer=tf.zeros_initializer(), scope='Conv')
 
   def predict(self, preprocessed_inputs, reuse=None):
-    """Runs the network.
+    """Runs the network, in the floating-point type of its input.
 
     Args:
-      preprocessed_inputs: float32 [N, H, W, 3] from preprocess(), with static H and W.
+      preprocessed_inputs: [N, H, W, 3] from preprocess(), with static H and W: float32, or bfloat16/float16 for
+        mixed precision (variables stay float32, with the same names, and are cast where they are read; batch
+        norm keeps float32 statistics).
       reuse: reuse existing variables (data-parallel clones after the first).
 
     Returns:
-      dict with 'logits': float32 [N, ceil(H/os), ceil(W/os), num_classes], 'aux_logits' likewise
+      dict with 'logits': [N, ceil(H/os), ceil(W/os), num_classes] of the input's dtype, 'aux_logits' likewise
       (only when builds_aux_head), and 'end_points': the backbone's end points.
     """
+    if preprocessed_inputs.dtype.base_dtype in _HALF_DTYPES:
+      with tf.variable_scope(tf.get_variable_scope(), custom_getter=_float32_variable_getter):
+        return self._predict(preprocessed_inputs, reuse)
+    return self._predict(preprocessed_inputs, reuse)
+
+  def _predict(self, preprocessed_inputs, reuse):
     with slim.arg_scope(self._scope_fn()):
       with tf.variable_scope(FEATURE_EXTRACTOR_SCOPE, values=[preprocessed_inputs], reuse=reuse):
         features, end_points = dilated_resnet_v1.dilated_resnet_v1_50(
             preprocessed_inputs, filter_scale=self._filter_scale,
             num_units_per_block=self._num_units_per_block, output_stride=self._output_stride,
-            scope=BACKBONE_SCOPE)
+            scope=BACKBONE_SCOPE, native_atrous_conv=self._native_atrous_conv)
       with tf.variable_scope(tf.get_variable_scope(), reuse=reuse):
         net = self._pyramid_pooling_module(features)
         outputs = {'logits': self._classifier(net, LOGITS_SCOPE), 'end_points': end_points}
@@ -232,7 +259,8 @@ class PSPNetArchitecture(object):
       else:
         labels = tf.raw_ops.ResizeNearestNeighbor(images=labels, size=tf.shape(logits)[1:3], align_corners=True)
       labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-      logits = tf.reshape(logits, [-1, self._num_classes])
+      # The loss in float32 also for mixed-precision logits (a no-op for float32 ones).
+      logits = tf.reshape(tf.cast(logits, tf.float32), [-1, self._num_classes])
       valid = tf.cast(tf.not_equal(labels, self._ignore_label), tf.float32)
       # Ignored pixels get a harmless in-range label; their weight is 0.
       labels = tf.where(tf.equal(labels, self._ignore_label), tf.zeros_like(labels), labels)

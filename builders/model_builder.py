@@ -51,6 +51,7 @@ def _build_pspnet(config, is_training, field_path):
       output_stride=fe.output_stride,
       dropout_keep_prob=config.dropout_keep_prob,
       aux_head_depth=config.aux_head_depth,
+      native_atrous_conv=fe.native_atrous_conv,
       **loss_kwargs)
 
 

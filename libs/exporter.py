@@ -181,13 +181,29 @@ def build_inference_model(model_config):
   return model_builder.build(config, is_training=False)
 
 
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def compute_dtype_of(name, flag='--compute_dtype'):
+  """tf dtype of a COMPUTE_DTYPES name (None: float32).
+
+  Raises:
+    ValueError: naming the flag, for another name.
+  """
+  if name in (None, ''):
+    return tf.float32
+  if name not in COMPUTE_DTYPES:
+    raise ValueError('%s = %r: allowed: %s' % (flag, name, ', '.join(COMPUTE_DTYPES)))
+  return tf.as_dtype(name)
+
+
 class InferenceGraph(collections.namedtuple('InferenceGraph', ['inputs', 'predictions', 'network_shape'])):
   """Endpoints of an inference graph: the uint8 input placeholder, the int32 train-id predictions (same rank and
   spatial size as the input, without channels) and the static (height, width) the network runs at."""
 
 
 def build_inference_graph(model, input_shape, network_shape, reuse=None, input_name=INPUT_NAME,
-                          output_name=OUTPUT_NAME):
+                          output_name=OUTPUT_NAME, compute_dtype=None):
   """Builds placeholder -> pad -> network -> crop in the default graph (see the module docstring).
 
   Args:
@@ -196,6 +212,8 @@ def build_inference_graph(model, input_shape, network_shape, reuse=None, input_n
     network_shape: static (height, width) of the network.
     reuse: reuse the model's existing variables (a second network shape in the same graph).
     input_name, output_name: names of the placeholder and the predictions.
+    compute_dtype: None or 'float32' (the default), or 'bfloat16': the network runs in bfloat16 (variables and
+      checkpoints stay float32; the logits are upsampled and arg-maxed in float32). COMPUTE_DTYPES.
 
   Returns:
     InferenceGraph.
@@ -227,7 +245,11 @@ def build_inference_graph(model, input_shape, network_shape, reuse=None, input_n
         # After the mean subtraction zero is the mean colour.
         preprocessed = tf.pad(preprocessed, paddings)
       preprocessed.set_shape([images.shape[0], net_h, net_w, 3])
-  prediction_dict = model.predict(preprocessed, reuse=reuse)
+  dtype = compute_dtype_of(compute_dtype)
+  if dtype != tf.float32:
+    preprocessed = tf.cast(preprocessed, dtype)
+  prediction_dict = dict(model.predict(preprocessed, reuse=reuse))
+  prediction_dict['logits'] = tf.cast(prediction_dict['logits'], tf.float32)
   predictions = model.postprocess(prediction_dict, [net_h, net_w])['predictions']
   with tf.name_scope('CropToInput'):
     if (in_h, in_w) != (net_h, net_w):
@@ -267,15 +289,119 @@ def restore_model_variables(sess, checkpoint_path, flag='--trained_checkpoint'):
   return len(restorable)
 
 
-def freeze(sess, graph_def, output_names=(OUTPUT_NAME,)):
+def freeze(sess, graph_def, output_names=(OUTPUT_NAME,), fold_batch_norm=False):
   """Returns a GraphDef with the variables replaced by their current values, pruned to the outputs and
-  without device placements (so a graph exported on a GPU machine loads anywhere)."""
+  without device placements (so a graph exported on a GPU machine loads anywhere); with fold_batch_norm, the
+  inference batch norms are folded into the convolutions before them (fold_batch_norms)."""
   with deprecation.silence():
     frozen = convert_to_constants.convert_variables_to_constants_from_session_graph(
         sess, graph_def, list(output_names))
   for node in frozen.node:
     node.device = ''
+  if fold_batch_norm:
+    frozen, _ = fold_batch_norms(frozen, output_names)
   return frozen
+
+
+_BATCH_NORM_TYPES = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
+# Ops between a convolution and its batch norm that move pixels but never mix channels, so a per-channel scale
+# commutes with them (slim's atrous convolution ends in BatchToSpaceND).
+_CHANNEL_PRESERVING_TYPES = ('BatchToSpaceND',)
+
+
+def fold_batch_norms(graph_def, output_names=(OUTPUT_NAME,)):
+  """Folds inference-mode batch norms into the convolution weights before them, in a frozen GraphDef.
+
+  Each FusedBatchNorm(is_training=false) of y = Conv2D(x, W) (possibly through BatchToSpaceND) becomes
+
+      scale = gamma / sqrt(moving_variance + epsilon)
+      Conv2D(x, W * scale) -> BiasAdd(beta - moving_mean * scale)
+
+  under the batch norm's own name (so its consumers are unchanged). W, gamma, beta and the statistics must be
+  constants (through Identity/Cast, as freeze() leaves them) used by nothing else; other batch norms are left
+  as they are. The arithmetic is done in float64 and stored in each constant's dtype.
+
+  Args:
+    graph_def: a frozen GraphDef.
+    output_names: nodes to keep; the result is pruned to what they need.
+
+  Returns:
+    (new GraphDef, number of batch norms folded).
+  """
+  graph_def_copy = tf.GraphDef()
+  graph_def_copy.CopyFrom(graph_def)
+  nodes = {node.name: node for node in graph_def_copy.node}
+  consumers = collections.defaultdict(list)
+  for node in graph_def_copy.node:
+    for name in node.input:
+      consumers[name.lstrip('^').split(':')[0]].append(node)
+
+  def producer(input_name):
+    return nodes.get(input_name.lstrip('^').split(':')[0])
+
+  def only_consumer(node, consumer):
+    return [c.name for c in consumers[node.name]] == [consumer.name]
+
+  def constant_through(node, allowed=('Identity',)):
+    """The Const node behind a chain of single-consumer `allowed` nodes, or None."""
+    while node is not None and node.op in allowed:
+      parent = producer(node.input[0])
+      if parent is None or not only_consumer(parent, node):
+        return None
+      node = parent
+    return node if node is not None and node.op == 'Const' else None
+
+  def value(const):
+    return tf.make_ndarray(const.attr['value'].tensor)
+
+  folded = 0
+  for bn in list(graph_def_copy.node):
+    if bn.op not in _BATCH_NORM_TYPES or bn.attr['is_training'].b:
+      continue
+    if bn.attr['data_format'].s not in (b'', b'NHWC'):
+      continue
+    if any(':' in c_input and not c_input.endswith(':0')
+           for c in consumers[bn.name] for c_input in c.input if c_input.split(':')[0] == bn.name):
+      continue  # something reads the batch statistics outputs
+    between = []
+    conv = producer(bn.input[0])
+    while conv is not None and conv.op in _CHANNEL_PRESERVING_TYPES and only_consumer(conv, between[-1] if
+                                                                                      between else bn):
+      between.append(conv)
+      conv = producer(conv.input[0])
+    if conv is None or conv.op != 'Conv2D' or not only_consumer(conv, between[-1] if between else bn):
+      continue
+    if conv.attr['data_format'].s not in (b'', b'NHWC'):
+      continue
+    weights = constant_through(producer(conv.input[1]), ('Identity', 'Cast'))
+    params = [constant_through(producer(name)) for name in bn.input[1:5]]
+    if weights is None or None in params:
+      continue
+    gamma, beta, mean, variance = (value(p).astype(np.float64) for p in params)
+    scale = gamma / np.sqrt(variance + bn.attr['epsilon'].f)
+    kernel = value(weights)
+    weights.attr['value'].tensor.CopyFrom(tf.make_tensor_proto((kernel.astype(np.float64) * scale).astype(
+        kernel.dtype)))
+    bn_name, data_input, bias_dtype = bn.name, bn.input[0], tf.as_dtype(bn.attr['T'].type)
+    bias = (beta - mean * scale).astype(np.float32)
+    bias_name = bn_name + '/folded_bias'
+    bias_node = graph_def_copy.node.add(name=bias_name, op='Const')
+    bias_node.attr['dtype'].type = tf.float32.as_datatype_enum
+    bias_node.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(bias))
+    if bias_dtype != tf.float32:
+      cast = graph_def_copy.node.add(name=bias_name + '/Cast', op='Cast', input=[bias_name])
+      cast.attr['SrcT'].type = tf.float32.as_datatype_enum
+      cast.attr['DstT'].type = bias_dtype.as_datatype_enum
+      bias_name = cast.name
+    bn.Clear()  # the batch norm node becomes the BiasAdd, keeping its name
+    bn.name, bn.op = bn_name, 'BiasAdd'
+    bn.input.extend([data_input, bias_name])
+    bn.attr['T'].type = bias_dtype.as_datatype_enum
+    bn.attr['data_format'].s = b'NHWC'
+    folded += 1
+  with deprecation.silence():
+    pruned = tf.graph_util.extract_sub_graph(graph_def_copy, list(output_names))
+  return pruned, folded
 
 
 def _atomic_write_bytes(path, data):
@@ -414,7 +540,7 @@ def device_description():
 
 
 def compute_figures(model_config, image_size, network_shape, checkpoint_path=None, num_timing_runs=0,
-                    num_warmup_runs=2, session_config=None, seed=0):
+                    num_warmup_runs=2, session_config=None, seed=0, compute_dtype=None):
   """Parameters, MACs (analytic and profiler) and timing of the batch-1 inference graph.
 
   Args:
@@ -425,13 +551,15 @@ def compute_figures(model_config, image_size, network_shape, checkpoint_path=Non
     num_timing_runs, num_warmup_runs: timed and untimed runs (no session at all when num_timing_runs is 0).
     session_config: tf.ConfigProto or None.
     seed: of the random image timed.
+    compute_dtype: of the network (build_inference_graph); MACs do not depend on it.
 
   Returns:
     An OrderedDict, serialisable as JSON (see README, "Export").
   """
   with tf.Graph().as_default() as graph:
     model = build_inference_model(model_config)
-    endpoints = build_inference_graph(model, [1, image_size[0], image_size[1], 3], network_shape)
+    endpoints = build_inference_graph(model, [1, image_size[0], image_size[1], 3], network_shape,
+                                      compute_dtype=compute_dtype)
     if checkpoint_path:
       checked_restore_map(checkpoint_path)  # fail before anything is computed or written
     parameters = count_parameters(slim.get_model_variables())
@@ -541,7 +669,8 @@ ExportResult = collections.namedtuple('ExportResult', ['figures', 'frozen_graph'
 
 def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 1024, 2048, 3),
            pad_to_shape=None, num_timing_runs=5, num_warmup_runs=2, export_checkpoint=False,
-           checkpoint_only=False, session_config=None, config_path=None):
+           checkpoint_only=False, session_config=None, config_path=None, compute_dtype=None,
+           fold_batch_norm=True):
   """Writes the export artifacts of a model into output_dir and returns what was written.
 
   Args:
@@ -556,6 +685,10 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
       or timing).
     session_config: tf.ConfigProto or None.
     config_path: the config file, recorded in the figures.
+    compute_dtype: 'float32' (None) or 'bfloat16': the network's arithmetic in the exported graphs (weights are
+      stored in float32 either way).
+    fold_batch_norm: fold the batch norms into the convolutions in the frozen graph (fold_batch_norms); the
+      SavedModel keeps its variables as they are.
 
   Returns:
     ExportResult(figures dict, frozen graph path, SavedModel dir, seed checkpoint prefix); paths None where
@@ -579,7 +712,9 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
   # Figures at batch 1 and a static image size (a dynamic one is measured at the network shape).
   figure_size = tuple(n if s is None else s for s, n in zip(image_size, network_shape))
   figures = compute_figures(model_config, figure_size, network_shape, checkpoint_path,
-                            0 if checkpoint_only else num_timing_runs, num_warmup_runs, session_config)
+                            0 if checkpoint_only else num_timing_runs, num_warmup_runs, session_config,
+                            compute_dtype=compute_dtype)
+  figures['compute_dtype'] = compute_dtype_of(compute_dtype).name
   figures['config_path'] = config_path
   figures['trained_checkpoint'] = checkpoint_path
   figures['exported_input_shape'] = [-1 if d is None else d for d in input_shape]
@@ -590,10 +725,10 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
   if checkpoint_path and not checkpoint_only:
     with tf.Graph().as_default() as graph:
       model = build_inference_model(model_config)
-      endpoints = build_inference_graph(model, input_shape, network_shape)
+      endpoints = build_inference_graph(model, input_shape, network_shape, compute_dtype=compute_dtype)
       with tf.Session(config=session_config) as sess:
         restore_model_variables(sess, checkpoint_path)
-        frozen = freeze(sess, graph.as_graph_def())
+        frozen = freeze(sess, graph.as_graph_def(), fold_batch_norm=fold_batch_norm)
         frozen_path = os.path.join(output_dir, FROZEN_GRAPH_NAME)
         _atomic_write_bytes(frozen_path, frozen.SerializeToString())
         saved_model_path = write_saved_model(sess, endpoints, os.path.join(output_dir, SAVED_MODEL_DIR))
