@@ -34,8 +34,9 @@ pass; only checkpoints stay alive until backprop. Two things make that true at r
 
 Two scheduling constraints inside the gradient lower the peak further (measured on PSPNet50, 385x385, batch 2,
 CPU; see README "Memory-saving training"): each convolution's input gradient waits for its filter gradient (run
-concurrently, their workspaces add up), and partial gradients computed from parameters only (weight decay) are
-computed when the variable's other partial gradients are ready instead of at the start of backprop.
+concurrently, their workspaces add up), and the gradients of parameter-only losses (weight decay) are taken in a
+last pass, each computed when its variable's other partial gradients are ready instead of at the start of
+backprop.
 
 What is never copied (its original output is read instead, so it is effectively a checkpoint): stateful ops
 (random ops such as dropout's, so recomputation sees the same random values; variable reads; assign ops;
@@ -53,7 +54,10 @@ Checkpoints (the `checkpoints` argument):
 * 'collection': the tensors in the graph collection 'checkpoints' (OpenAI's convention).
 * 'units': the outputs of residual units (ops named `.../unit_<i>/bottleneck_v<k>/Relu`, TF-Slim ResNets).
 * 'memory': Chen et al.'s budgeted greedy cut of the topologically sorted data flow, with the budget chosen to
-  minimise the estimated peak (checkpoint bytes + largest segment) -- about sqrt(n) segments.
+  minimise the estimated peak: checkpoint bytes + the costliest segment, a segment costing its recomputed
+  activations or, at a convolution's gradient, the activations before it plus its workspace (input x kernel
+  area, the im2col buffer of CPU kernels) -- about sqrt(n) segments for uniform layers, fewer where one big
+  convolution's workspace bounds the peak anyway.
 * 'speed': the outputs of convolutions and matrix products, so only cheap ops (batch norm, activations, adds)
   are recomputed.
 * [] or None: no checkpoint, exactly tf.gradients.
@@ -187,7 +191,7 @@ class _ForwardGraph(object):
     self.order = [op for op in _topological_order(cone) if op in reached and op not in self.x_ops]
     self.ops = set(self.order)
     self.position = {op: i for i, op in enumerate(self.order)}
-    self._cone_order = None
+    self._data_ops = None
 
   def is_forward_tensor(self, tensor):
     """Whether gradients can flow from ys to xs through `tensor`."""
@@ -197,15 +201,14 @@ class _ForwardGraph(object):
   def data_ops(self):
     """The forward ops that depend on the data (placeholders, input iterators, random ops), not only on
     parameters: the activations. Falls back to all forward ops for graphs without such a source."""
-    if self._cone_order is None:
-      self._cone_order = _topological_order(self.cone)
-    is_data = {}
-    for op in self._cone_order:
-      source = op._is_stateful and op.type not in _VARIABLE_OP_TYPES  # pylint: disable=protected-access
-      is_data[op] = source or op.type in ('Placeholder', 'PlaceholderWithDefault') or any(
-          is_data.get(t.op, False) for t in op.inputs)
-    data = [op for op in self.order if is_data[op]]
-    return data or list(self.order)
+    if self._data_ops is None:
+      is_data = {}
+      for op in _topological_order(self.cone):
+        source = op._is_stateful and op.type not in _VARIABLE_OP_TYPES  # pylint: disable=protected-access
+        is_data[op] = source or op.type in ('Placeholder', 'PlaceholderWithDefault') or any(
+            is_data.get(t.op, False) for t in op.inputs)
+      self._data_ops = [op for op in self.order if is_data[op]] or list(self.order)
+    return self._data_ops
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,15 +318,40 @@ def _speed_checkpoints(fwd):
           if op.type in EXPENSIVE_OP_TYPES and _is_feature_map(op.outputs[0])]
 
 
-def _greedy_cuts(produced, crossing, sizes, budget):
+def _workspace_bytes(op):
+  """Backward workspace of an op: a convolution's filter gradient im2col-expands its input (input bytes x kernel
+  area) on a CPU; other ops need none beyond their tensors."""
+  if op.type not in ('Conv2D', 'DepthwiseConv2dNative', 'Conv3D') or len(op.inputs) < 2:
+    return 0
+  kernel = op.inputs[1].shape.as_list()
+  if None in kernel:
+    return 0
+  area = 1
+  for dim in kernel[:-2]:
+    area *= dim
+  return _num_bytes(op.inputs[0]) * area
+
+
+def _segment_cost(produced, workspace, first, last):
+  """Estimated peak of recomputing and differentiating ops first..last: all their activations at the start of
+  the segment's backprop, or, at op j's gradient, the activations up to j's input plus j's workspace (those
+  after j are freed by then)."""
+  total, cost = 0, 0
+  for j in range(first, last + 1):
+    cost = max(cost, total + workspace[j])
+    total += produced[j]
+  return max(cost, total)
+
+
+def _greedy_cuts(produced, crossing, sizes, budget, workspace):
   """Chen et al.'s greedy segmentation for one budget: a segment ends once it has produced `budget` bytes, at
   the cheapest cut (fewest new bytes to keep) among the positions where it holds budget..2*budget bytes.
 
   Returns:
-    (estimated peak bytes, set of tensor keys to keep).
+    (estimated peak bytes: kept bytes + the costliest segment, set of tensor keys to keep).
   """
-  kept, segments = set(), []
-  start, total, best = 0, 0, None
+  kept, costs = set(), []
+  start, total, best, first = 0, 0, None, 0
   i = 0
   while i < len(produced):
     total += produced[i]
@@ -335,13 +363,13 @@ def _greedy_cuts(produced, crossing, sizes, budget):
     if best is not None and segment >= 2 * budget:
       _, cut, cut_total = best
       kept.update(crossing[cut])
-      segments.append(cut_total - start)
-      start, total, best = cut_total, cut_total, None
+      costs.append(_segment_cost(produced, workspace, first, cut))
+      start, total, best, first = cut_total, cut_total, None, cut + 1
       i = cut + 1
       continue
     i += 1
-  segments.append(total - start)
-  return sum(sizes[k] for k in kept) + max(segments), kept
+  costs.append(_segment_cost(produced, workspace, first, len(produced) - 1))
+  return sum(sizes[k] for k in kept) + max(costs), kept
 
 
 def _memory_checkpoints(fwd):
@@ -350,6 +378,7 @@ def _memory_checkpoints(fwd):
   order = fwd.data_ops()
   position = {op: i for i, op in enumerate(order)}
   last_use, sizes, produced = {}, {}, []
+  workspace = [_workspace_bytes(op) for op in order]
   for i, op in enumerate(order):
     produced.append(0)
     for t in op.outputs:
@@ -378,7 +407,7 @@ def _memory_checkpoints(fwd):
   best = None
   budget = float(total)
   while budget >= smallest:
-    peak, kept = _greedy_cuts(produced, crossing, sizes, budget)
+    peak, kept = _greedy_cuts(produced, crossing, sizes, budget, workspace)
     if best is None or peak < best[0] or (peak == best[0] and len(kept) < len(best[1])):
       best = (peak, kept)
     budget /= 1.25
@@ -569,8 +598,8 @@ def _segmented_gradients(ys, xs, grad_ys, kept, fwd, graph, user_stops, unconnec
   partial = collections.defaultdict(list)  # checkpoint key -> partial gradients
   x_partials = [[] for _ in xs]
 
-  def record(results, boundary, deferred=()):
-    """Stores partial gradients; returns the ops every later segment waits for (not the deferred ones)."""
+  def record(results, boundary):
+    """Stores partial gradients; returns the ops every later segment waits for."""
     done = []
     for t, g in zip(boundary, results[:len(boundary)]):
       if g is not None:
@@ -579,16 +608,18 @@ def _segmented_gradients(ys, xs, grad_ys, kept, fwd, graph, user_stops, unconnec
     for i, g in enumerate(results[len(boundary):]):
       if g is not None:
         x_partials[i].append(g)
-        done += _tensor_ops(g) if i not in deferred else []
+        done += _tensor_ops(g)
     return done
 
-  # The segment next to the loss, on the original forward ops.
+  # The segment next to the loss, on the original forward ops. It stops at the parameter losses too: their
+  # gradients are taken last (below).
+  parameter_losses = _parameter_losses(fwd)
   first_new = len(graph.get_operations())
-  results = _tf_gradients(ys, kept + xs, grad_ys, name='gradients', stop_gradients=kept + user_stops,
+  results = _tf_gradients(ys, kept + parameter_losses + xs, grad_ys, name='gradients',
+                          stop_gradients=kept + parameter_losses + user_stops,
                           unconnected_gradients=UnconnectedGradients.NONE, **kwargs)
   _serialize_convolution_gradients(graph.get_operations()[first_new:])
-  deferred = _parameter_only(results[len(kept):], fwd)
-  wait_for = record(results, kept, deferred)
+  wait_for = record(results, kept + parameter_losses)
   gate = None
   for index, seed in enumerate(reversed(checkpoint_ops)):
     outputs = [t for t in seed.outputs if partial.get(_key(t))]
@@ -607,11 +638,7 @@ def _segmented_gradients(ys, xs, grad_ys, kept, fwd, graph, user_stops, unconnec
                               unconnected_gradients=UnconnectedGradients.NONE, **kwargs)
       _serialize_convolution_gradients(graph.get_operations()[first_new:])
       wait_for = record(results, boundary)
-  for i in deferred:
-    # Computed when the variable's gradient through the recomputed segments is ready, not at the start.
-    later = [op for g in x_partials[i][1:] for op in _tensor_ops(g)]
-    if later:
-      x_partials[i][0].op._add_control_inputs(later)  # pylint: disable=protected-access
+  _parameter_loss_gradients(parameter_losses, partial, xs, x_partials, graph, user_stops, kwargs)
   with tf.name_scope('sum'):
     grads = [_sum(g, 'x_%d' % i) if g else None for i, g in enumerate(x_partials)]
   if unconnected == UnconnectedGradients.ZERO:
@@ -619,23 +646,49 @@ def _segmented_gradients(ys, xs, grad_ys, kept, fwd, graph, user_stops, unconnec
   return grads
 
 
-def _parameter_only(loss_side_partials, fwd):
-  """Indices of the loss-side partial gradients computed from parameters and scalars only (weight decay:
-  2 * lambda * w).
-
-  The loss-side pass computes them at the start of backprop, and each would wait there, as large as its
-  variable, for the gradient that comes through the recomputed segments (~240 MiB of PSPNet50's weight decay at
-  the peak): they are deferred until then (and no segment waits for them).
-  """
+def _parameter_losses(fwd):
+  """Scalars computed from parameters only that enter the data flow to ys: weight decay (the regularization
+  loss added to the data loss)."""
   data_ops = set(fwd.data_ops())
-  small = lambda t: t.shape.num_elements() is not None and t.shape.num_elements() <= 1
-  deferred = set()
-  for i, g in enumerate(loss_side_partials):
-    if g is None or isinstance(g, tf.IndexedSlices):
+  losses = []
+  for op in fwd.order:
+    if op not in data_ops:
+      losses += [t for t in op.outputs if t.shape.num_elements() == 1 and _key(t) not in fwd.y_keys
+                 and any(c in data_ops for c in t.consumers())]
+  return losses
+
+
+def _parameter_loss_gradients(parameter_losses, partial, xs, x_partials, graph, user_stops, kwargs):
+  """Adds the gradients of the parameter losses (weight decay) to x_partials, each computed only when the other
+  partial gradients of its variable are ready.
+
+  Otherwise the executor computes them at the start of backprop, and each waits there, as large as its
+  variable, for its data gradient: ~240 MiB of PSPNet50's weight decay at the peak.
+  """
+  losses = [t for t in parameter_losses if partial.get(_key(t))]
+  if not losses:
+    return
+  first_new = len(graph.get_operations())
+  with tf.name_scope('parameter_losses'):
+    results = _tf_gradients(losses, xs, [_sum(partial[_key(t)], 'sum') for t in losses], name='gradients',
+                            stop_gradients=user_stops or None,
+                            unconnected_gradients=UnconnectedGradients.NONE, **kwargs)
+  new_ops = set(graph.get_operations()[first_new:])
+  for g, partials in zip(results, x_partials):
+    if g is None:
       continue
-    if all(small(t) or (t.op in fwd.ops and t.op not in data_ops) for t in g.op.inputs):
-      deferred.add(i)
-  return deferred
+    later = [op for p in partials for op in _tensor_ops(p)]
+    if later:  # Defer every op of this gradient that holds more than a scalar.
+      stack, seen = _tensor_ops(g), set()
+      while stack:
+        op = stack.pop()
+        if op in seen or op not in new_ops:
+          continue
+        seen.add(op)
+        if any(t.shape.num_elements() != 1 for t in op.outputs):
+          op._add_control_inputs(later)  # pylint: disable=protected-access
+        stack += [t.op for t in op.inputs]
+    partials.append(g)
 
 
 def _zeros_for(x):

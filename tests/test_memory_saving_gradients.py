@@ -175,7 +175,7 @@ def test_checkpoint_errors_name_the_node():
 def test_segments_wait_for_all_gradients_of_later_segments_and_copy_no_random_op():
   with tf.Graph().as_default() as graph:
     loss, weights, _, _ = _chain()
-    grads = msg.gradients(loss, weights, checkpoints=['layer3', 'layer6'])
+    msg.gradients(loss, weights, checkpoints=['layer3', 'layer6'])
     copies = _recompute_ops(graph)
     assert not [op for op in copies if op.type.startswith('Random')]
     gates = [op for op in graph.get_operations() if op.name.endswith('wait_for_later_segments')]
@@ -185,18 +185,16 @@ def test_segments_wait_for_all_gradients_of_later_segments_and_copy_no_random_op
     # The first gate waits for the gradients of the weights after layer6 (not only for layer6's gradient),
     # the second also for the first.
     waited = [set(c.name for c in gate.control_inputs) for gate in gates]
-    later_weight_grads = set(g.op.name for g in grads[7:])
+    later_weight_grads = set('memory_saving_gradients/gradients/MatMul_%d_grad/MatMul_1' % i for i in (7, 8, 9))
     assert later_weight_grads <= set().union(*[_ancestor_names(graph, name) for name in waited[0]])
     assert gates[0].name in waited[1]
     # Weight decay of the recomputed layers is computed when their data gradient is ready, and no gate waits for
     # it (it would otherwise sit in memory from the start of backprop).
-    decay = [op for op in graph.get_operations() if op.name.startswith('memory_saving_gradients/gradients/')
+    decay = [op for op in graph.get_operations() if op.name.startswith('memory_saving_gradients/parameter_losses/')
              and re.search(r'/L2Loss(_\d+)?_grad/mul$', op.name)]
-    assert len(decay) == 10
-    deferred = [op for op in decay if op.control_inputs]
-    assert len(deferred) == 7  # w0..w6; w7..w9 are on the loss side, where nothing is recomputed
+    assert len(decay) == 10 and all(op.control_inputs for op in decay)
     gate_ancestors = set().union(*[_ancestor_names(graph, gate.name) for gate in gates])
-    assert not [op.name for op in deferred if op.name in gate_ancestors]
+    assert not [op.name for op in decay if op.name in gate_ancestors]
 
 
 def _ancestor_names(graph, name):
