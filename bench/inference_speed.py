@@ -27,6 +27,8 @@ import numpy as np
 from bench import common
 
 FULL = {'sizes': [[713, 713], [1024, 2048]], 'runs': 3, 'warmup': 1}
+# Fewer timed runs at full resolution (about 30 s each on 2 cores).
+FULL_LARGE_RUNS = 2
 QUICK = {'sizes': [[65, 65]], 'runs': 2, 'warmup': 1}
 
 
@@ -166,16 +168,17 @@ def run(args):
   results = collections.OrderedDict()
   for index, size in enumerate(plan['sizes']):
     variants = MAIN_VARIANTS + (LEVER_VARIANTS if index == 0 else [])
+    runs = FULL_LARGE_RUNS if (not args.quick and size[0] * size[1] > 10**6) else plan['runs']
     common.log('inference: %dx%d, %d variants x (%d warm-up + %d timed runs), interleaved'
-               % (size[0], size[1], len(variants), plan['warmup'], plan['runs']))
+               % (size[0], size[1], len(variants), plan['warmup'], runs))
     results['%dx%d' % tuple(size)] = common.run_worker(
-        'inference_speed', {'quick': args.quick, 'size': size, 'variants': variants, 'runs': plan['runs'],
+        'inference_speed', {'quick': args.quick, 'size': size, 'variants': variants, 'runs': runs,
                             'warmup': plan['warmup']})
   if not args.quick:
     size = plan['sizes'][0]
     common.log('inference: %dx%d with oneDNN custom ops (TF_ENABLE_ONEDNN_OPTS=1)' % tuple(size))
     results['%dx%d onednn' % tuple(size)] = common.run_worker(
-        'inference_speed', {'quick': args.quick, 'size': size, 'variants': ONEDNN_VARIANTS, 'runs': plan['runs'],
+        'inference_speed', {'quick': args.quick, 'size': size, 'variants': ONEDNN_VARIANTS, 'runs': 2,
                             'warmup': plan['warmup']}, env={'TF_ENABLE_ONEDNN_OPTS': '1'})
   return results
 

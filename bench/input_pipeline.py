@@ -61,7 +61,7 @@ def measure(spec):
     images = spec['batches'] * spec['batch']
     out['variants'][name] = collections.OrderedDict(
         batches_per_s=spec['batches'] / wall, images_per_s=images / wall, cpu_s_per_image=cpu / images,
-        cpu_share=cpu / wall / common.cpu_count(), image_shape=[spec['batch']] + list(batch['image'].shape[1:]))
+        cpu_share=cpu / wall / common.cpu_count(), image_shape=batch['image'].shape.as_list())
   return out
 
 

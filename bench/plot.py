@@ -3,7 +3,7 @@
     plot.write_png('sweep.png', [plot.Chart('title', 'x', 'y', [plot.Series('label', [(x, y), ...])])])
 
 draws the charts side by side: axes from 0 with round tick values, one coloured polyline with dot markers per
-series, and a legend.
+series, and a legend in the bottom-right corner.
 """
 import collections
 import math
@@ -72,9 +72,11 @@ def _draw_chart(draw, origin, chart, font):
       draw.line(pixels, fill=color, width=2)
     for px, py in pixels:
       draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
-    legend_y = y1 + 4 + 14 * index
-    draw.line([(x0 + 8, legend_y + 6), (x0 + 24, legend_y + 6)], fill=color, width=2)
-    draw.text((x0 + 28, legend_y), series.label, fill='black', font=font, anchor='lt')
+    # The legend sits in the bottom-right corner, one line per series.
+    legend_y = y0 - 18 - 14 * (len(chart.series) - 1 - index)
+    legend_x = x1 - 150
+    draw.line([(legend_x, legend_y + 6), (legend_x + 16, legend_y + 6)], fill=color, width=2)
+    draw.text((legend_x + 20, legend_y), series.label, fill='black', font=font, anchor='lt')
 
 
 def write_png(path, charts, footer=None):

@@ -9,7 +9,9 @@ summaries), run step by step in a plain session. Input is either
 Three kinds of worker:
   * speed: several variants in one process, interleaved step by step (speed options off / on, in-memory vs
     records input), so that their ratios are taken in the same time window. The records variant also runs one
-    traced step, in which the time of IteratorGetNext is the time the step waited for input.
+    traced step, in which the time of IteratorGetNext is the time the step waited for input. The CPU allocator
+    is chosen per process (TF_CPU_ALLOCATOR_USE_BFC, read when TensorFlow starts), so the plain graph with
+    TensorFlow's default allocator runs in a worker of its own right before.
   * memory: one variant alone in a fresh process (TF_CPU_ALLOCATOR_USE_BFC=true): the peak of TensorFlow's CPU
     allocator and VmHWM over the measured steps (peaks reset after warm-up) and VmHWM over the whole process.
   * sweep: memory workers over crop sizes, for time and memory per pixel (the plot).
@@ -31,11 +33,12 @@ SEED_CHECKPOINT_NODES = [
     'SharedFeatureExtractor/resnet_v1_50/block4/unit_3/bottleneck_v1/Relu',
     'PSPModule/Conv_4/Relu6',
 ]
-# The speed options that won (README, "Performance"); 'off' is the plain graph with TensorFlow's defaults.
+# The in-graph and session speed options (README, "Performance"); 'off' is the plain graph with TensorFlow's
+# defaults. The allocator (TF_CPU_ALLOCATOR_USE_BFC=true) is the process-wide option on top.
 SPEED_OFF = collections.OrderedDict(native_atrous=False, intra=0, inter=0, grappler=True)
 SPEED_ON = collections.OrderedDict(native_atrous=True, intra=0, inter=1, grappler=True)
 
-FULL = {'crop': 713, 'batch': 1, 'runs': 3, 'warmup': 1, 'sweep': [257, 385, 513, 713], 'checkpoints': 'seed'}
+FULL = {'crop': 713, 'batch': 1, 'runs': 2, 'warmup': 1, 'sweep': [321, 513, 713], 'checkpoints': 'seed'}
 QUICK = {'crop': 65, 'batch': 1, 'runs': 2, 'warmup': 1, 'sweep': [33, 65], 'checkpoints': 'units'}
 
 
@@ -160,7 +163,10 @@ def measure(spec):
     timings = common.interleaved(fns, spec['runs'], warmup=0)
     usage = common.memory_usage()
     out['memory'] = collections.OrderedDict(
-        allocator_peak_bytes=usage.get('CPU_BFC_Peak'), vmhwm_steps_bytes=usage.get('VmHWM'),
+        # On a GPU machine the model runs on the GPU: its allocator's peak is the one that matters.
+        allocator=('GPU0' if 'GPU0_Peak' in usage else 'CPU_BFC'),
+        allocator_peak_bytes=usage.get('GPU0_Peak', usage.get('CPU_BFC_Peak')),
+        vmhwm_steps_bytes=usage.get('VmHWM'),
         vmhwm_process_bytes=max(process_peak or 0, usage.get('VmHWM') or 0))
   else:
     timings = common.interleaved(fns, spec['runs'], spec['warmup'])
@@ -193,8 +199,13 @@ def run(args, records=None):
                     _variant('speed options on', **SPEED_ON)]
   if records:
     speed_variants.append(_variant('speed options on, TFRecord input', 'records', **SPEED_ON))
-  common.log('train: %dx%d batch %d, %s, interleaved' % (plan['crop'], plan['crop'], plan['batch'],
-                                                         ', '.join(v['name'] for v in speed_variants)))
+  common.log('train: %dx%d batch %d, plain graph with the default CPU allocator' % (
+      plan['crop'], plan['crop'], plan['batch']))
+  results['speed_default_allocator'] = common.run_worker(
+      'train_speed', dict(base, crop=plan['crop'], variants=[_variant('speed options off, default allocator')]),
+      env={'TF_CPU_ALLOCATOR_USE_BFC': 'false'})
+  common.log('train: %dx%d batch %d, BFC allocator: %s, interleaved' % (
+      plan['crop'], plan['crop'], plan['batch'], ', '.join(v['name'] for v in speed_variants)))
   results['speed'] = common.run_worker('train_speed', dict(base, crop=plan['crop'], variants=speed_variants))
   results['memory'] = collections.OrderedDict()
   for name, variant in (('train.py', _variant('train.py')),
@@ -215,7 +226,8 @@ def run(args, records=None):
 
 
 def add_peak_fractions(section, peak):
-  for group in ([section.get('speed', {})] + list(section.get('memory', {}).values()) +
+  for group in ([section.get('speed', {}), section.get('speed_default_allocator', {})] +
+                list(section.get('memory', {}).values()) +
                 list(section.get('sweep', {}).values())):
     for timing in group.get('variants', {}).values():
       if peak:
@@ -225,13 +237,17 @@ def add_peak_fractions(section, peak):
 def table(section):
   lines = []
   speed = section.get('speed', {})
-  if 'error' in speed:
-    lines.append('speed comparison failed: %s' % speed['error'][-300:])
+  default = section.get('speed_default_allocator', {})
+  if 'error' in speed or 'error' in default:
+    lines.append('speed comparison failed: %s' % (speed.get('error') or default.get('error'))[-300:])
   elif speed:
-    off = next(iter(speed['variants'].values()))['best_s']
-    rows = [[name, t['best_s'], t['median_s'], t['best_s'] / off, t['images_per_s'], t['gmacs_per_s'],
-             t.get('fraction_of_peak'), t.get('input_wait_s'), t['cpu_share']]
-            for name, t in speed['variants'].items()]
+    off = next(iter(default['variants'].values()))['best_s'] if default else None
+    rows = []
+    for label, group in (('TF_CPU_ALLOCATOR_USE_BFC=false', default), ('BFC allocator', speed)):
+      for name, t in group.get('variants', {}).items():
+        rows.append(['%s: %s' % (label, name), t['best_s'], t['median_s'], t['best_s'] / off if off else None,
+                     t['images_per_s'], t['gmacs_per_s'], t.get('fraction_of_peak'), t.get('input_wait_s'),
+                     t['cpu_share']])
     lines.append(common.format_table(
         ['training %dx%d, batch %d' % (speed['crop'], speed['crop'], speed['batch']), 'best s/step', 'median s',
          'vs off', 'images/s', 'GMAC/s (3 x fwd)', 'of fp32 matmul peak', 'IteratorGetNext s', 'cpu share'],
@@ -245,7 +261,8 @@ def table(section):
       t = next(iter(result['variants'].values()))
       memory = result['memory']
       rows.append([group + name, '%dx%d' % (result['crop'], result['crop']), t['best_s'], t['us_per_pixel'],
-                   (memory['allocator_peak_bytes'] or 0) / common.MiB, (memory['vmhwm_steps_bytes'] or 0) / common.MiB,
+                   (memory['allocator_peak_bytes'] or 0) / common.MiB,
+                   (memory['vmhwm_steps_bytes'] or 0) / common.MiB,
                    (memory['vmhwm_process_bytes'] or 0) / common.MiB, t.get('fraction_of_peak')])
   if rows:
     lines.append('')

@@ -176,15 +176,16 @@ def _positive(value):
 
 
 def test_bench_quick_smoke_run(tmp_path):
-  """`python -m bench peak model inference train --quick` runs and writes sane figures (a smoke run, no speed
-  is asserted)."""
+  """`python -m bench peak model inference --quick` runs in a fresh process and writes sane figures (a smoke run:
+  no speed is asserted)."""
   out = str(tmp_path / 'results')
-  proc = subprocess.run([sys.executable, '-m', 'bench', 'peak', 'model', 'inference', 'train', '--quick',
-                         '--out', out], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run([sys.executable, '-m', 'bench', 'peak', 'model', 'inference', '--quick', '--out', out],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(os.path.join(out, 'bench_peak_model_inference_train_quick.json')) as f:
+  assert '| checkpoint float32 |' in proc.stdout.replace('65x65 ', '')
+  with open(os.path.join(out, 'bench_peak_model_inference_quick.json')) as f:
     results = json.load(f)
-  assert os.path.exists(os.path.join(out, 'train_sweep_peak_model_inference_train_quick.png'))
+  assert os.path.exists(os.path.join(out, 'bench_peak_model_inference_quick.md'))
   assert _positive(results['peak_gmacs_per_s'])
   assert set(results['peak']['default']['results']) == {'matmul_fp32', 'conv3x3_fp32', 'matmul_bf16',
                                                         'conv3x3_bf16'}
@@ -201,10 +202,39 @@ def test_bench_quick_smoke_run(tmp_path):
     assert 0 < timing['fraction_of_peak'] and 0 < timing['cpu_share'] <= 1.05, name
     # Exported graphs compute what the checkpoint graph computes; bf16 agrees on most pixels.
     assert timing['agreement_with_fp32_checkpoint'] >= (0.999 if 'float32' in name else 0.9), name
-  train = results['train']
-  for timing in train['speed']['variants'].values():
-    assert _positive(timing['best_s']) and _positive(timing['images_per_s']) and timing['losses_finite']
-  for result in list(train['memory'].values()) + list(train['sweep'].values()):
-    assert _positive(result['memory']['allocator_peak_bytes']) and _positive(result['memory']['vmhwm_steps_bytes'])
-  assert set(results['targets']) >= {'fp32 inference, fraction of the fp32 matmul peak',
-                                     'training step, speed options on / off'}
+  assert set(results['targets']) == {'fp32 inference, fraction of the fp32 matmul peak',
+                                     'frozen graph and SavedModel latency / checkpoint graph'}
+
+
+def test_training_benchmark_worker_quick():
+  """bench/train_speed.py's worker in this process: interleaved speed variants and a memory run."""
+  from bench import train_speed  # pylint: disable=import-outside-toplevel
+  from libs import trainer  # pylint: disable=import-outside-toplevel
+  build_input = trainer.build_input
+  base = {'quick': True, 'crop': 33, 'batch': 2, 'runs': 1, 'warmup': 1, 'records': None}
+  speed = train_speed.measure(dict(base, variants=[
+      train_speed._variant('off'), train_speed._variant('on', **train_speed.SPEED_ON)]))  # pylint: disable=protected-access
+  assert trainer.build_input is build_input  # the in-memory input was only patched in while building
+  for timing in speed['variants'].values():
+    assert _positive(timing['best_s']) and timing['losses_finite'] and _positive(timing['train_gmacs'])
+    assert timing['images_per_s'] == 2 / timing['best_s']
+  memory = train_speed.measure(dict(base, memory=True, variants=[
+      train_speed._variant('memory saving', gradients='units')]))  # pylint: disable=protected-access
+  assert _positive(memory['memory']['vmhwm_steps_bytes'])
+  assert memory['variants']['memory saving']['losses_finite']
+
+
+def test_input_and_evaluation_benchmark_workers(cityscapes_records):
+  """bench/input_pipeline.py and bench/eval_speed.py workers on the tests' small records."""
+  from bench import eval_speed  # pylint: disable=import-outside-toplevel
+  from bench import input_pipeline  # pylint: disable=import-outside-toplevel
+  result = input_pipeline.measure({'quick': True, 'records': cityscapes_records['train'], 'batches': 3,
+                                   'batch': 1})
+  for variant in result['variants'].values():
+    assert _positive(variant['images_per_s']) and _positive(variant['cpu_s_per_image'])
+    assert variant['image_shape'] == [1, 65, 65, 3]
+  result = eval_speed.measure({'quick': True, 'records': cityscapes_records['val'], 'images': 2,
+                               'padded': [129, 257]})
+  assert result['images'] == 2 and _positive(result['images_per_s'])
+  assert 0 < result['metric_overhead_share'] < 1 and _positive(result['metric_graph_s'])
+  assert result['probabilities_shape'][2] == 19
