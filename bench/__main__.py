@@ -52,6 +52,10 @@ def parse_args(argv):
   parser.add_argument('sections', nargs='*', default=['all'], help='all or any of: %s' % ', '.join(SECTIONS))
   parser.add_argument('--quick', action='store_true', help='tiny model and small sizes: a smoke run')
   parser.add_argument('--out', default=common.DEFAULT_OUT, help='directory for the JSON, tables and plot')
+  parser.add_argument('--onednn', action='store_true',
+                      help='also measure peak and 713x713 inference with TF_ENABLE_ONEDNN_OPTS=1 (slow on CPUs '
+                      'without AVX-512: its bf16 convolutions did not finish a 713x713 image in 40 minutes on an '
+                      'AVX2 EPYC)')
   args = parser.parse_args(argv)
   unknown = [s for s in args.sections if s not in SECTIONS + ('all',)]
   if unknown:
@@ -189,6 +193,10 @@ def main(argv=None):
       results['peak_end'] = peak.run(args)
     tables['peak'] = peak.table(results['peak']) + (
         '\n\nat the end of the run:\n' + peak.table(results['peak_end']) if 'peak_end' in results else '')
+  except BaseException:
+    # What was measured before the failure (or Ctrl-C) is kept.
+    common.write_json(os.path.join(args.out, 'bench%s.partial.json' % suffix), results)
+    raise
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   results['targets'] = summarize_targets(results)

@@ -26,8 +26,8 @@ import numpy as np
 
 from bench import common
 
-FULL = {'sizes': [[713, 713], [1024, 2048]], 'runs': 3, 'warmup': 1}
-# Fewer timed runs at full resolution (about 30 s each on 2 cores).
+FULL = {'sizes': [[713, 713], [1024, 2048]], 'runs': 2, 'warmup': 1}
+# At full resolution (about 30 s a run on 2 cores): fewer runs, fp32 only (bf16 is compared at 713x713).
 FULL_LARGE_RUNS = 2
 QUICK = {'sizes': [[65, 65]], 'runs': 2, 'warmup': 1}
 
@@ -50,6 +50,7 @@ ONEDNN_VARIANTS = [
     _variant('checkpoint bfloat16', 'checkpoint', 'bfloat16'),
     _variant('checkpoint float32, native atrous conv', 'checkpoint', native_atrous=True),
 ]
+FULL_LARGE_VARIANTS = [v for v in MAIN_VARIANTS if v['dtype'] == 'float32']
 REFERENCE = 'checkpoint float32'
 
 
@@ -167,14 +168,15 @@ def run(args):
   plan = QUICK if args.quick else FULL
   results = collections.OrderedDict()
   for index, size in enumerate(plan['sizes']):
-    variants = MAIN_VARIANTS + (LEVER_VARIANTS if index == 0 else [])
+    variants = MAIN_VARIANTS + LEVER_VARIANTS if index == 0 else (
+        MAIN_VARIANTS if args.quick else FULL_LARGE_VARIANTS)
     runs = FULL_LARGE_RUNS if (not args.quick and size[0] * size[1] > 10**6) else plan['runs']
     common.log('inference: %dx%d, %d variants x (%d warm-up + %d timed runs), interleaved'
                % (size[0], size[1], len(variants), plan['warmup'], runs))
     results['%dx%d' % tuple(size)] = common.run_worker(
         'inference_speed', {'quick': args.quick, 'size': size, 'variants': variants, 'runs': runs,
                             'warmup': plan['warmup']})
-  if not args.quick:
+  if not args.quick and args.onednn:
     size = plan['sizes'][0]
     common.log('inference: %dx%d with oneDNN custom ops (TF_ENABLE_ONEDNN_OPTS=1)' % tuple(size))
     results['%dx%d onednn' % tuple(size)] = common.run_worker(
@@ -186,7 +188,9 @@ def run(args):
 def add_peak_fractions(section, peak):
   """Adds fraction_of_peak (GMAC/s of the best run / fp32 matmul GMAC/s) to every timed variant."""
   for result in section.values():
-    for timing in result.get('variants', {}).values():
+    if 'error' in result:  # a failed worker's spec lists the variants it was given
+      continue
+    for timing in result['variants'].values():
       if peak:
         timing['fraction_of_peak'] = timing['gmacs_per_s'] / peak
 
@@ -195,7 +199,7 @@ def table(section):
   rows = []
   for size, result in section.items():
     if 'error' in result:
-      rows.append([size, 'failed: %s' % result['error'][-100:]] + [None] * 7)
+      rows.append([size, 'failed: %s' % result['error'][-100:].replace('\n', ' ')] + [None] * 7)
       continue
     reference = result['variants'].get(REFERENCE, {}).get('best_s')
     for name, t in result['variants'].items():

@@ -52,7 +52,7 @@ def run(args):
   out = collections.OrderedDict()
   common.log('peak: matmul %d^2, 3x3 conv %s, fp32 and bf16' % (spec['matmul_n'], spec['conv_shape']))
   out['default'] = common.run_worker('peak', spec)
-  if not args.quick:
+  if not args.quick and args.onednn:
     out['onednn'] = common.run_worker('peak', spec, env={'TF_ENABLE_ONEDNN_OPTS': '1'})
   return out
 

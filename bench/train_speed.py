@@ -38,7 +38,7 @@ SEED_CHECKPOINT_NODES = [
 SPEED_OFF = collections.OrderedDict(native_atrous=False, intra=0, inter=0, grappler=True)
 SPEED_ON = collections.OrderedDict(native_atrous=True, intra=0, inter=1, grappler=True)
 
-FULL = {'crop': 713, 'batch': 1, 'runs': 2, 'warmup': 1, 'sweep': [321, 513, 713], 'checkpoints': 'seed'}
+FULL = {'crop': 713, 'batch': 1, 'runs': 2, 'warmup': 1, 'sweep': [257, 449, 713], 'checkpoints': 'seed'}
 QUICK = {'crop': 65, 'batch': 1, 'runs': 2, 'warmup': 1, 'sweep': [33, 65], 'checkpoints': 'units'}
 
 
