@@ -64,8 +64,8 @@ class TrainOptions(collections.namedtuple('TrainOptions', [
     synchronized batch norm).
   max_steps: stop after this many steps of this run even if num_steps is not reached (None: no limit).
   cluster: libs.cluster.ClusterConfig for distributed training, or None for a single process.
-  step_callback: optional fn(session_run_context, step) called after every step on every worker (e.g. to
-    log memory); it may run extra fetches with run_context.session.
+  step_callback: optional fn(session, step) called after every step on every worker (e.g. to log memory);
+    session is the MonitoredSession, so extra fetches run through its hooks.
   """
 
 
