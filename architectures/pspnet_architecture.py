@@ -35,6 +35,15 @@ BACKBONE_SCOPE = 'resnet_v1_50'
 CLASSIFICATION_CHECKPOINT_PREFIX = BACKBONE_SCOPE + '/'
 PSP_DEPTH = 512
 
+# The checkpoint nodes of the walkthrough's train_mem_saving.py command (../shared/seed/pspnet.md).
+SEED_CHECKPOINT_NODES = (
+    'SharedFeatureExtractor/resnet_v1_50/block1/unit_3/bottleneck_v1/Relu',
+    'SharedFeatureExtractor/resnet_v1_50/block2/unit_4/bottleneck_v1/Relu',
+    'SharedFeatureExtractor/resnet_v1_50/block3/unit_6/bottleneck_v1/Relu',
+    'SharedFeatureExtractor/resnet_v1_50/block4/unit_3/bottleneck_v1/Relu',
+    'PSPModule/Conv_4/Relu6',
+)
+
 
 def adaptive_average_pool(features, bins):
   """Average-pools features into a bins x bins grid, like PyTorch's AdaptiveAvgPool2d.

@@ -28,7 +28,6 @@ QUICK = {'images': 2, 'padded': [129, 257]}
 def measure(spec):
   """Worker: spec {quick, records, images, padded} -> seconds per image, metric overhead."""
   from libs import evaluator  # pylint: disable=import-outside-toplevel
-  from libs.compat import slim  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   config = common.load_pipeline_config(spec['quick'])
   reader = config.eval_input_reader.tf_record_input_reader

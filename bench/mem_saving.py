@@ -29,18 +29,13 @@ import subprocess
 import sys
 import time
 
+from architectures import pspnet_architecture
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_PATH = os.path.join(REPO_ROOT, 'configs', 'pspnet_1.0_713_resnet_v1.config')
 DEFAULT_OUT = os.path.join(REPO_ROOT, 'bench', 'results', 'mem_saving.json')
 
-# The seed's checkpoint nodes (../shared/seed/pspnet.md; pinned by tests/test_model_builder.py).
-SEED_CHECKPOINT_NODES = [
-    'SharedFeatureExtractor/resnet_v1_50/block1/unit_3/bottleneck_v1/Relu',
-    'SharedFeatureExtractor/resnet_v1_50/block2/unit_4/bottleneck_v1/Relu',
-    'SharedFeatureExtractor/resnet_v1_50/block3/unit_6/bottleneck_v1/Relu',
-    'SharedFeatureExtractor/resnet_v1_50/block4/unit_3/bottleneck_v1/Relu',
-    'PSPModule/Conv_4/Relu6',
-]
+SEED_CHECKPOINT_NODES = list(pspnet_architecture.SEED_CHECKPOINT_NODES)
 CONFIGS = {
     'plain': None,
     'seed': SEED_CHECKPOINT_NODES,

@@ -24,15 +24,10 @@ import contextlib
 
 import numpy as np
 
+from architectures import pspnet_architecture
 from bench import common
 
-SEED_CHECKPOINT_NODES = [
-    'SharedFeatureExtractor/resnet_v1_50/block1/unit_3/bottleneck_v1/Relu',
-    'SharedFeatureExtractor/resnet_v1_50/block2/unit_4/bottleneck_v1/Relu',
-    'SharedFeatureExtractor/resnet_v1_50/block3/unit_6/bottleneck_v1/Relu',
-    'SharedFeatureExtractor/resnet_v1_50/block4/unit_3/bottleneck_v1/Relu',
-    'PSPModule/Conv_4/Relu6',
-]
+SEED_CHECKPOINT_NODES = list(pspnet_architecture.SEED_CHECKPOINT_NODES)
 # The in-graph and session speed options (README, "Performance"); 'off' is the plain graph with TensorFlow's
 # defaults. The allocator (TF_CPU_ALLOCATOR_USE_BFC=true) is the process-wide option on top.
 SPEED_OFF = collections.OrderedDict(native_atrous=False, intra=0, inter=0, grappler=True)

@@ -72,19 +72,23 @@ def config_to_text(config):
   return text_format.MessageToString(config)
 
 
-def atomic_write_text(path, text):
-  """Writes text to path through a temporary file and a rename, so readers never see half a file."""
+def atomic_write(path, data):
+  """Writes text or bytes to path through a temporary file and a rename, so readers never see half a file."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.tmp')
   try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
+    with os.fdopen(fd, 'wb' if isinstance(data, bytes) else 'w') as f:
+      f.write(data)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def atomic_write_text(path, text):
+  atomic_write(path, text)
 
 
 def save_pipeline_config(config, directory, name=PIPELINE_CONFIG_NAME):

@@ -404,19 +404,6 @@ def fold_batch_norms(graph_def, output_names=(OUTPUT_NAME,)):
   return pruned, folded
 
 
-def _atomic_write_bytes(path, data):
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_saved_model(sess, graph, export_dir):
   """Writes a TF1 SavedModel with a `serving_default` signature {inputs} -> {predictions}.
 
@@ -730,7 +717,7 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
         restore_model_variables(sess, checkpoint_path)
         frozen = freeze(sess, graph.as_graph_def(), fold_batch_norm=fold_batch_norm)
         frozen_path = os.path.join(output_dir, FROZEN_GRAPH_NAME)
-        _atomic_write_bytes(frozen_path, frozen.SerializeToString())
+        config_util.atomic_write(frozen_path, frozen.SerializeToString())
         saved_model_path = write_saved_model(sess, endpoints, os.path.join(output_dir, SAVED_MODEL_DIR))
     logger.info('Wrote %s (%d nodes) and %s', frozen_path, len(frozen.node), saved_model_path)
   if checkpoint_path and (export_checkpoint or checkpoint_only):

@@ -56,6 +56,16 @@ eval_input_reader {
 """
 
 
+def tiny_pipeline(records, extra='', **kwargs):
+  """The tiny pipeline config over cityscapes_records, with an optional text-format fragment merged on top."""
+  from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
+  from libs import config_util  # pylint: disable=import-outside-toplevel
+  config = config_util.parse_pipeline_config(tiny_pipeline_text(records['train'], records['val'], **kwargs))
+  if extra:
+    text_format.Merge(extra, config)
+  return config
+
+
 def tiny_pipeline_text(train_record, val_record=None, batch_size=2, num_steps=4, crop=65, num_classes=19):
   values = dict(train_record=train_record, val_record=val_record or train_record, batch_size=batch_size,
                 num_steps=num_steps, crop=crop, num_classes=num_classes)

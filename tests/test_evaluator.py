@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from builders import dataset_builder
@@ -26,16 +25,14 @@ from libs.config_errors import ConfigError
 from libs.standard_fields import InputDataFields as fields
 from tests.conftest import REPO_ROOT
 from tests.conftest import fast_session_config
+from tests.conftest import tiny_pipeline
 from tests.conftest import tiny_pipeline_text
 
 PADDED = evaluator.EvalSpec('padded_eval_input', (65, 129), None, (1.0,), False)
 
 
 def _pipeline(records, extra='', **kwargs):
-  config = config_util.parse_pipeline_config(tiny_pipeline_text(records['train'], records['val'], **kwargs))
-  if extra:
-    text_format.Merge(extra, config)
-  return config
+  return tiny_pipeline(records, extra, **kwargs)
 
 
 def _options(**kwargs):

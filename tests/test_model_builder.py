@@ -85,6 +85,10 @@ def test_full_pspnet50_node_names_shapes_and_parameter_count():
     assert not any(unit.startswith(('block1', 'block2/unit_1')) for unit in rates)
 
 
+def test_library_seed_nodes_are_the_pinned_ones():
+  assert list(pspnet_architecture.SEED_CHECKPOINT_NODES) == SEED_CHECKPOINT_NODES
+
+
 def test_training_graph_adds_auxiliary_head_on_block3():
   with tf.Graph().as_default() as graph:
     model = model_builder.build(_tiny_config(), is_training=True)

@@ -21,16 +21,14 @@ from libs.config_errors import ConfigError
 from protos import model_pb2
 from tests.conftest import REPO_ROOT
 from tests.conftest import fast_session_config
+from tests.conftest import tiny_pipeline
 from tests.conftest import tiny_pipeline_text
 
 from tf_slim.nets import resnet_v1  # pylint: disable=g-bad-import-order
 
 
 def _pipeline(records, extra='', **kwargs):
-  config = config_util.parse_pipeline_config(tiny_pipeline_text(records['train'], records['val'], **kwargs))
-  if extra:
-    text_format.Merge(extra, config)
-  return config
+  return tiny_pipeline(records, extra, **kwargs)
 
 
 def _options(**kwargs):
