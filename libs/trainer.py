@@ -377,7 +377,13 @@ def train(pipeline_config, logdir, options=None, config_path=None):
     if options.max_steps:
       hooks.append(tf.train.StopAtStepHook(num_steps=options.max_steps))
     if isinstance(g.optimizer, tf.train.SyncReplicasOptimizer):
-      hooks.append(g.optimizer.make_session_run_hook(is_chief))
+      # num_tokens=0: no step tokens are handed out before the first aggregation, so step 1 really aggregates a
+      # gradient from every replica (with the default, a fast chief fills the accumulator alone and can finish
+      # a short job before the other workers join). Later steps hand out one token per replica.
+      hooks.append(g.optimizer.make_session_run_hook(is_chief, num_tokens=0))
+      if is_chief:
+        logger.info('Synchronous replicas: the first step waits for gradients from all %d workers.',
+                    cluster.num_replicas)
     chief_hooks = [
         # save_graph_def=False: no graph.pbtxt / .meta per checkpoint (seconds each for PSPNet50, and
         # export.py writes deployable graphs); TensorBoard gets the graph from the summary writer.

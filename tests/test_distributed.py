@@ -53,8 +53,12 @@ def test_one_ps_two_workers_train_and_eval_evaluates_the_chief_checkpoint(citysc
   ps = _start(spec, 'ps', 0, config_path, logdir, tmp_path / 'ps.log')
   chief = worker = None
   try:
-    # Synchronous replicas: every step aggregates both workers' gradients, so both must train.
+    # Synchronous replicas: the first step aggregates a gradient from both workers, so both must train even
+    # when the second worker joins late: it is started only once the chief is already in its training loop.
     chief = _start(spec, 'worker', 0, config_path, logdir, tmp_path / 'chief.log', ['--sync_replicas'])
+    while 'Training from step' not in (tmp_path / 'chief.log').read_text():
+      assert time.time() < deadline and chief.poll() is None, (tmp_path / 'chief.log').read_text()[-3000:]
+      time.sleep(0.5)
     worker = _start(spec, 'worker', 1, config_path, logdir, tmp_path / 'worker1.log', ['--sync_replicas'])
     assert _wait(chief, deadline) == 0, (tmp_path / 'chief.log').read_text()[-3000:]
     assert _wait(worker, deadline) == 0, (tmp_path / 'worker1.log').read_text()[-3000:]
@@ -67,7 +71,9 @@ def test_one_ps_two_workers_train_and_eval_evaluates_the_chief_checkpoint(citysc
   worker_log = (tmp_path / 'worker1.log').read_text()
   assert 'Started worker task 0' in chief_log and 'Started worker task 1' in worker_log
   assert 'Parameter server: serving variables' in (tmp_path / 'ps.log').read_text()
+  assert 'the first step waits for gradients from all 2 workers' in chief_log
   assert 'sec/step' in chief_log and 'sec/step' in worker_log
+  assert 'Training from step 0' in worker_log, worker_log[-3000:]
   latest = tf.train.latest_checkpoint(str(logdir))
   assert latest is not None
   step = int(tf.train.load_checkpoint(latest).get_tensor('global_step'))
