@@ -21,6 +21,7 @@ Model interface (shapes for a batch of N images of H x W):
     restore_map(fine_tune_checkpoint_type)  -> {checkpoint variable name: variable}
 """
 from architectures import dilated_resnet_v1
+from libs import conv_gradients
 from libs.compat import slim
 from libs.compat import tf
 from libs.preprocessor import MEAN_RGB
@@ -118,7 +119,8 @@ class PSPNetArchitecture(object):
                classification_loss_fn=None,
                ignore_label=255,
                upsample_logits=True,
-               native_atrous_conv=False):
+               native_atrous_conv=False,
+               low_memory_conv_gradients=True):
     """Configures the network; nothing is built until predict().
 
     Args:
@@ -138,6 +140,8 @@ class PSPNetArchitecture(object):
       ignore_label: label value excluded from the loss.
       upsample_logits: upsample logits to the labels' size (True) or downsample labels (False) for the loss.
       native_atrous_conv: atrous backbone convs as one dilated Conv2D each (architectures/dilated_resnet_v1.py).
+      low_memory_conv_gradients: the PSP fusion conv and the aux head conv get libs/conv_gradients.py's
+        gradients (no whole-image im2col buffers); only gradients differ, and only in rounding.
     """
     self._is_training = is_training
     self._num_classes = num_classes
@@ -155,6 +159,7 @@ class PSPNetArchitecture(object):
     self._ignore_label = ignore_label
     self._upsample_logits = upsample_logits
     self._native_atrous_conv = native_atrous_conv
+    self._low_memory_conv_gradients = low_memory_conv_gradients
 
   @property
   def num_classes(self):
@@ -205,7 +210,8 @@ class PSPNetArchitecture(object):
           with tf.name_scope('Upsample%d' % bins):
             branches.append(resize_bilinear(pooled, size))
         net = tf.concat(branches, axis=3, name='concat')
-        return slim.conv2d(net, self._scaled(PSP_DEPTH), 3)
+        with conv_gradients.low_memory_gradients(self._low_memory_conv_gradients):
+          return slim.conv2d(net, self._scaled(PSP_DEPTH), 3)
 
   def _classifier(self, net, scope):
     with tf.variable_scope(scope, values=[net]):
@@ -244,7 +250,8 @@ class PSPNetArchitecture(object):
         if self.builds_aux_head:
           block3 = end_points['%s/%s/block3' % (FEATURE_EXTRACTOR_SCOPE, BACKBONE_SCOPE)]
           with tf.variable_scope(AUX_HEAD_SCOPE, values=[block3]):
-            aux = slim.conv2d(block3, self._scaled(self._aux_head_depth), 3, scope='Conv')
+            with conv_gradients.low_memory_gradients(self._low_memory_conv_gradients):
+              aux = slim.conv2d(block3, self._scaled(self._aux_head_depth), 3, scope='Conv')
             outputs['aux_logits'] = self._classifier(aux, 'Logits')
     return outputs
 

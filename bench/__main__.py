@@ -40,6 +40,7 @@ SECTIONS = ('peak', 'model', 'inference', 'train', 'input', 'eval')
 TARGETS = collections.OrderedDict([
     ('fp32 inference, fraction of the fp32 matmul peak', '>= 0.75'),
     ('training step, speed options on / off', '<= 0.85'),
+    ('training step peak memory (VmHWM of the steps)', '<= 3.6 GB (the issue\'s PyTorch figure at 713x713 batch 1)'),
     ('frozen graph and SavedModel latency / checkpoint graph', '<= 1.05'),
     ('input wait, share of the training step', '< 3%'),
     ('training time per pixel across crops, max / min', 'roughly flat (plotted)'),
@@ -105,6 +106,14 @@ def summarize_targets(results):
             ('BFC allocator alone (separate processes)', variants[0]['best_s'] / plain['best_s']),
             ('in-graph options alone (interleaved)', variants[1]['best_s'] / variants[0]['best_s'])]),
         ratio <= 0.85)
+  memory = collections.OrderedDict()
+  for name, result in (train.get('memory') or {}).items():
+    if (result.get('memory') or {}).get('vmhwm_steps_bytes'):
+      memory['%s %dx%d' % (name, result['crop'], result['crop'])] = '%.2f GB' % (
+          result['memory']['vmhwm_steps_bytes'] / 1e9)
+  if memory:
+    default = next(iter(memory.values()))
+    put('training step peak memory (VmHWM of the steps)', memory, float(default.split()[0]) <= 3.6)
   share = input_pipeline.input_share(train)
   if share:
     put('input wait, share of the training step', '%.2f%% (IteratorGetNext); records vs in-memory step %+.1f%%'

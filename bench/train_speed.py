@@ -28,10 +28,12 @@ from architectures import pspnet_architecture
 from bench import common
 
 SEED_CHECKPOINT_NODES = list(pspnet_architecture.SEED_CHECKPOINT_NODES)
-# The in-graph and session speed options (README, "Performance"); 'off' is the plain graph with TensorFlow's
-# defaults. The allocator (TF_CPU_ALLOCATOR_USE_BFC=true) is the process-wide option on top.
-SPEED_OFF = collections.OrderedDict(native_atrous=False, intra=0, inter=0, grappler=True)
-SPEED_ON = collections.OrderedDict(native_atrous=True, intra=0, inter=1, grappler=True)
+# The in-graph and session speed options (README, "Performance"). 'off' is the plain graph: TensorFlow's own
+# convolution gradients and defaults; 'on' is the toolkit's default training graph (low-memory gradients of the
+# wide 3x3 convs). The allocator (TF_CPU_ALLOCATOR_USE_BFC=true, train.py's default) is the process-wide option
+# on top: 'off' runs in a worker of its own with TensorFlow's default allocator.
+SPEED_OFF = collections.OrderedDict(native_atrous=False, low_memory_grads=False, intra=0, inter=0, grappler=True)
+SPEED_ON = collections.OrderedDict(native_atrous=False, low_memory_grads=True, intra=0, inter=0, grappler=True)
 
 FULL = {'crop': 713, 'batch': 1, 'runs': 2, 'warmup': 1, 'sweep': [257, 449, 713], 'checkpoints': 'seed'}
 QUICK = {'crop': 65, 'batch': 1, 'runs': 2, 'warmup': 1, 'sweep': [33, 65], 'checkpoints': 'units'}
@@ -70,8 +72,9 @@ def _in_memory_input(crop, seed=0):
 
 
 def _pipeline_config(spec, variant):
-  config = common.load_pipeline_config(spec['quick'], 'pspnet { feature_extractor { native_atrous_conv: %s } }'
-                                       % ('true' if variant['native_atrous'] else 'false'))
+  config = common.load_pipeline_config(
+      spec['quick'], 'pspnet { feature_extractor { native_atrous_conv: %s } low_memory_conv_gradients: %s }' % (
+          'true' if variant['native_atrous'] else 'false', 'true' if variant['low_memory_grads'] else 'false'))
   config.train_config.batch_size = spec['batch']
   for step in config.train_config.preprocessor_step:
     if step.HasField('random_image_crop'):
@@ -203,9 +206,10 @@ def run(args, records=None):
       plan['crop'], plan['crop'], plan['batch'], ', '.join(v['name'] for v in speed_variants)))
   results['speed'] = common.run_worker('train_speed', dict(base, crop=plan['crop'], variants=speed_variants))
   results['memory'] = collections.OrderedDict()
-  for name, variant in (('train.py', _variant('train.py')),
+  for name, variant in (('train.py', _variant('train.py', **SPEED_ON)),
+                        ('train.py, plain conv gradients', _variant('train.py, plain conv gradients')),
                         ('train_mem_saving.py (%s checkpoints)' % plan['checkpoints'],
-                         _variant('memory saving', gradients=plan['checkpoints']))):
+                         _variant('memory saving', gradients=plan['checkpoints'], **SPEED_ON))):
     common.log('train: %s at %dx%d batch %d, fresh process' % (name, plan['crop'], plan['crop'], plan['batch']))
     results['memory'][name] = common.run_worker(
         'train_speed', dict(base, crop=plan['crop'], variants=[variant], memory=True))
@@ -216,7 +220,7 @@ def run(args, records=None):
       continue
     common.log('train: sweep %dx%d, fresh process' % (crop, crop))
     results['sweep'][str(crop)] = common.run_worker(
-        'train_speed', dict(base, crop=crop, variants=[_variant('train.py')], memory=True))
+        'train_speed', dict(base, crop=crop, variants=[_variant('train.py', **SPEED_ON)], memory=True))
   return results
 
 

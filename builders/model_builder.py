@@ -52,6 +52,7 @@ def _build_pspnet(config, is_training, field_path):
       dropout_keep_prob=config.dropout_keep_prob,
       aux_head_depth=config.aux_head_depth,
       native_atrous_conv=fe.native_atrous_conv,
+      low_memory_conv_gradients=config.low_memory_conv_gradients,
       **loss_kwargs)
 
 

@@ -359,6 +359,9 @@ def train(pipeline_config, logdir, options=None, config_path=None):
       saver = tf.train.Saver(max_to_keep=options.max_checkpoints_to_keep,
                              keep_checkpoint_every_n_hours=options.keep_checkpoint_every_n_hours,
                              sharded=cluster is not None and cluster.num_ps_tasks > 1)
+  logger.info('CPU memory allocator: %s (TF_CPU_ALLOCATOR_USE_BFC=%s).',
+              'BFC' if os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', '').lower() in ('1', 'true') else 'default',
+              os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', 'unset'))
   if is_chief:
     config_util.save_pipeline_config(pipeline_config, logdir)
     if latest is not None:

@@ -19,11 +19,12 @@ from tests.conftest import REPO_ROOT
 from tests.conftest import TINY_MODEL
 
 
-def _tiny_model_config(num_classes=5, native_atrous_conv=False):
+def _tiny_model_config(num_classes=5, native_atrous_conv=False, low_memory_conv_gradients=True):
   config = model_pb2.Model()
   text = TINY_MODEL % {'num_classes': num_classes}
   text_format.Merge(text[text.index('{') + 1:text.rindex('}')], config)
   config.pspnet.feature_extractor.native_atrous_conv = native_atrous_conv
+  config.pspnet.low_memory_conv_gradients = low_memory_conv_gradients
   return config
 
 
@@ -40,10 +41,12 @@ def _randomize(sess, variables, seed=0):
       v.load((rng.normal(0, 1, shape) * np.sqrt(2.0 / max(1, np.prod(shape[:-1])))).astype(np.float32), sess)
 
 
-def _training_outputs(native_atrous_conv):
+def _training_outputs(native_atrous_conv, low_memory_conv_gradients=True):
   """Variables, outputs, losses and gradients of the tiny training graph with fixed random weights."""
   with tf.Graph().as_default() as graph:
-    model = model_builder.build(_tiny_model_config(native_atrous_conv=native_atrous_conv), is_training=True)
+    model = model_builder.build(_tiny_model_config(native_atrous_conv=native_atrous_conv,
+                                                   low_memory_conv_gradients=low_memory_conv_gradients),
+                                is_training=True)
     images = tf.constant(np.random.RandomState(1).uniform(0, 255, [2, 65, 65, 3]).astype(np.float32))
     outputs = model.predict(model.preprocess(images))
     loss = (tf.reduce_sum(tf.square(outputs['logits'])) + tf.reduce_sum(tf.square(outputs['aux_logits'])) +
@@ -54,6 +57,8 @@ def _training_outputs(native_atrous_conv):
     dilated = [op.name for op in ops if op.type == 'Conv2D' and max(op.get_attr('dilations')) > 1]
     forward_space_to_batch = [op.name for op in ops if op.type == 'SpaceToBatchND' and
                               not op.name.startswith('gradients')]
+    backprop = sorted(op.name for op in ops if op.type in ('Conv2DBackpropInput', 'Conv2DBackpropFilter'))
+    forward = [(op.name, op.type) for op in ops if not op.name.startswith('gradients')]
     with tf.Session() as sess:
       sess.run(tf.global_variables_initializer())
       _randomize(sess, tf.global_variables())
@@ -62,7 +67,8 @@ def _training_outputs(native_atrous_conv):
                 model_variables=[v.op.name for v in slim.get_model_variables()],
                 regularization_losses=len(tf.losses.get_regularization_losses()),
                 update_ops=len(tf.get_collection(tf.GraphKeys.UPDATE_OPS)), values=values,
-                dilated=dilated, forward_space_to_batch=forward_space_to_batch)
+                dilated=dilated, forward_space_to_batch=forward_space_to_batch, backprop=backprop,
+                forward=forward)
 
 
 def test_native_atrous_conv_same_variables_outputs_and_gradients():
@@ -80,6 +86,26 @@ def test_native_atrous_conv_same_variables_outputs_and_gradients():
   assert native['forward_space_to_batch'] == []
   for a, b in zip(plain['values'], native['values']):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(a).max())))
+
+
+def test_low_memory_conv_gradients_only_change_the_two_wide_convs_gradients():
+  plain = _training_outputs(False, low_memory_conv_gradients=False)
+  low = _training_outputs(False, low_memory_conv_gradients=True)
+  # The forward graph (names and types), the variables and the forward values are untouched.
+  assert low['forward'] == plain['forward']
+  assert low['variables'] == plain['variables']
+  # TensorFlow's im2col backprop kernels are gone for exactly the PSP fusion conv and the aux head conv.
+  gone = sorted(set(plain['backprop']) - set(low['backprop']))
+  assert gone == ['gradients/AuxHead/Conv/Conv2D_grad/Conv2DBackpropFilter',
+                  'gradients/AuxHead/Conv/Conv2D_grad/Conv2DBackpropInput',
+                  'gradients/PSPModule/Conv_4/Conv2D_grad/Conv2DBackpropFilter',
+                  'gradients/PSPModule/Conv_4/Conv2D_grad/Conv2DBackpropInput'], gone
+  assert set(low['backprop']) < set(plain['backprop'])
+  np.testing.assert_array_equal(low['values'][0], plain['values'][0])
+  np.testing.assert_array_equal(low['values'][1], plain['values'][1])
+  # Gradients: equal up to float32 re-association.
+  for a, b in zip(plain['values'][2:], low['values'][2:]):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(a).max())))
 
 
 def _inference_session(model_config, size, compute_dtype=None):
