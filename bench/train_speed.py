@@ -249,7 +249,7 @@ def table(section):
                      t['cpu_share']])
     lines.append(common.format_table(
         ['training %dx%d, batch %d' % (speed['crop'], speed['crop'], speed['batch']), 'best s/step', 'median s',
-         'vs off', 'images/s', 'GMAC/s (3 x fwd)', 'of fp32 matmul peak', 'IteratorGetNext s', 'cpu share'],
+         'vs off', 'images/s', 'GMAC/s (3 x fwd)', 'of fp32 peak', 'IteratorGetNext s', 'cpu share'],
         rows))
   rows = []
   for group, entries in (('', section.get('memory', {})), ('sweep ', section.get('sweep', {}))):
@@ -267,5 +267,5 @@ def table(section):
     lines.append('')
     lines.append(common.format_table(['run (fresh process)', 'crop', 'best s/step', 'us/pixel',
                                       'allocator peak MiB', 'VmHWM steps MiB', 'VmHWM process MiB',
-                                      'of fp32 matmul peak'], rows))
+                                      'of fp32 peak'], rows))
   return '\n'.join(lines)
