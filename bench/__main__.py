@@ -38,7 +38,7 @@ from bench import train_speed
 SECTIONS = ('peak', 'model', 'inference', 'train', 'input', 'eval')
 # Targets of issue 6 (ratios within one run).
 TARGETS = collections.OrderedDict([
-    ('fp32 inference, fraction of the measured fp32 peak', '>= 0.75'),
+    ('fp32 inference, fraction of the measured fp32 peak', '>= 0.75 of the fp32 matmul peak'),
     ('training step, speed options on / off', '<= 0.85'),
     ('training step peak memory (VmHWM of the steps)', '<= 3.6 GB (the issue\'s PyTorch figure at 713x713 batch 1)'),
     ('frozen graph and SavedModel latency / checkpoint graph', '<= 1.05'),
@@ -92,7 +92,16 @@ def summarize_targets(results):
         if base and other:
           exported['%s %s %s' % (size, source, dtype)] = other['best_s'] / base['best_s']
   if fractions:
-    put('fp32 inference, fraction of the measured fp32 peak', fractions, min(fractions.values()) >= 0.75)
+    # The issue's goal is stated against the fp32 *matmul* peak; the bench's reference is the stricter best fp32
+    # kernel of the run (the 3x3 conv, near the nominal FMA peak here): both are reported, the goal is judged on
+    # the matmul peak as the issue defines it.
+    default_peak = (results.get('peak') or {}).get('default') or {}
+    matmul = default_peak.get('fp32_matmul_gmacs_per_s')
+    overall = default_peak.get('fp32_peak_gmacs_per_s')
+    of_matmul = {size: f * overall / matmul for size, f in fractions.items()} if matmul and overall else fractions
+    put('fp32 inference, fraction of the measured fp32 peak',
+        collections.OrderedDict([('of the best fp32 matmul', of_matmul), ('of the best fp32 kernel', fractions)]),
+        min(of_matmul.values()) >= 0.75)
   if exported:
     put('frozen graph and SavedModel latency / checkpoint graph', exported, max(exported.values()) <= 1.05)
   train = results.get('train') or {}

@@ -121,7 +121,7 @@ def summarize(walls, cpus, work=None):
 
 
 def interleaved(fns, runs, warmup=1):
-  """Times several functions round-robin, so that a disturbance hits every variant alike.
+  """Times several functions round-robin (order rotated each round), so a disturbance hits every variant alike.
 
   Args:
     fns: OrderedDict {name: zero-argument function}.
@@ -136,9 +136,12 @@ def interleaved(fns, runs, warmup=1):
       fn()
   walls = {name: [] for name in fns}
   cpus = {name: [] for name in fns}
-  for _ in range(runs):
-    for name, fn in fns.items():
-      _, wall, cpu = timed(fn)
+  names = list(fns)
+  for round_index in range(runs):
+    # Rotated order: every variant takes every position in a round (first after a warm cache, last, ...).
+    shift = round_index % len(names)
+    for name in names[shift:] + names[:shift]:
+      _, wall, cpu = timed(fns[name])
       walls[name].append(wall)
       cpus[name].append(cpu)
   return collections.OrderedDict((name, summarize(walls[name], cpus[name])) for name in fns)
