@@ -299,7 +299,11 @@ def test_synchronized_batch_norm_clones_train_like_one_clone_with_the_whole_batc
   assert sync_loss == pytest.approx(one_loss, rel=1e-4)
   for name in one:
     np.testing.assert_allclose(synced[name], one[name], rtol=1e-3, atol=1e-5, err_msg=name)
-  # Per-clone batch norm (the original toolkit's behaviour) is visibly different.
-  assert abs(plain_loss - one_loss) > 1e-3 * abs(one_loss)
+  # Per-clone batch norm (the original toolkit's behaviour) is visibly different: in the loss (by how much depends
+  # on the random initial weights, so only its existence is asserted), and by an order of magnitude more than the
+  # synchronized clones in the updated weights and the moving statistics.
+  assert abs(plain_loss - one_loss) > 10 * abs(sync_loss - one_loss)
+  for name in ('PSPModule/Conv_4/weights', 'Logits/Conv/weights'):
+    assert np.abs(plain[name] - one[name]).max() > 10 * np.abs(synced[name] - one[name]).max(), name
   moving = 'SharedFeatureExtractor/resnet_v1_50/block1/unit_1/bottleneck_v1/conv1/BatchNorm/moving_mean'
   assert np.abs(plain[moving] - one[moving]).max() > 10 * np.abs(synced[moving] - one[moving]).max()
