@@ -87,14 +87,10 @@ def atomic_write(path, data):
     raise
 
 
-def atomic_write_text(path, text):
-  atomic_write(path, text)
-
-
 def save_pipeline_config(config, directory, name=PIPELINE_CONFIG_NAME):
   """Writes the effective config (after overrides and defaults filled by the user) into `directory`."""
   path = os.path.join(directory, name)
-  atomic_write_text(path, config_to_text(config))
+  atomic_write(path, config_to_text(config))
   return path
 
 

@@ -626,7 +626,7 @@ class _Evaluator(object):
                                 write_meta_graph=False, write_state=False)
     # The state file makes best/ a checkpoint directory (tf.train.latest_checkpoint, fine_tune_checkpoint).
     name = os.path.basename(prefix)
-    config_util.atomic_write_text(os.path.join(best_dir, 'checkpoint'), 'model_checkpoint_path: "%s"\n'
+    config_util.atomic_write(os.path.join(best_dir, 'checkpoint'), 'model_checkpoint_path: "%s"\n'
                                   'all_model_checkpoint_paths: "%s"\n' % (name, name))
     # Earlier bests, also those of a previous run of the evaluator.
     for path in glob.glob(os.path.join(glob.escape(best_dir), BEST_CHECKPOINT_BASENAME + '-*')):

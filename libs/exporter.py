@@ -647,7 +647,7 @@ def export_seed_checkpoint(model_config, checkpoint_path, output_dir, flag='--tr
       ('parts', parts),
       ('variables', entries),
   ])
-  config_util.atomic_write_text(os.path.join(output_dir, NAME_MAP_NAME), json.dumps(name_map, indent=1) + '\n')
+  config_util.atomic_write(os.path.join(output_dir, NAME_MAP_NAME), json.dumps(name_map, indent=1) + '\n')
   return prefix, name_map
 
 
@@ -725,5 +725,5 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
     logger.info('Wrote seed checkpoint %s (%d variables: %s) and %s', seed_prefix, len(name_map['variables']),
                 ', '.join('%s %d' % (p, s['variables']) for p, s in name_map['parts'].items()),
                 os.path.join(output_dir, NAME_MAP_NAME))
-  config_util.atomic_write_text(os.path.join(output_dir, FIGURES_NAME), json.dumps(figures, indent=1) + '\n')
+  config_util.atomic_write(os.path.join(output_dir, FIGURES_NAME), json.dumps(figures, indent=1) + '\n')
   return ExportResult(figures, frozen_path, saved_model_path, seed_prefix)

@@ -238,7 +238,7 @@ def _json_safe(value):
 
 def write_json(path, data):
   """Writes data as indented JSON atomically (temporary file + rename); NaN is written as null."""
-  config_util.atomic_write_text(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + '\n')
+  config_util.atomic_write(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + '\n')
 
 
 def read_json(path):
