@@ -57,31 +57,33 @@ def _fixed_batch_pipeline(records, batch_size=4):
   return config
 
 
-def _train(config, gradients_fn, initial_values=None, num_steps=3):
-  """Runs num_steps training steps from initial_values (random if None).
+class _Trainer(object):
+  """A training graph and its session, whose variables can be set to given values before running steps."""
 
-  Returns:
-    (initial values, values after the first step, values after the last, losses, number of UPDATE_OPS); values
-    are {variable name: array} of all global variables (optimizer slots and batch-norm statistics included).
-  """
-  options = trainer.default_options(session_config=fast_session_config(), gradients_fn=gradients_fn)
-  with tf.Graph().as_default():
-    graph = trainer.build_training_graph(config, options)
-    num_update_ops = len(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
-    variables = tf.global_variables()
-    with tf.Session(config=fast_session_config()) as sess:
-      sess.run(tf.global_variables_initializer())
-      if initial_values is None:
-        initial_values = {v.op.name: sess.run(v) for v in variables}
-      else:
-        for v in variables:
-          v.load(initial_values[v.op.name], sess)
-      losses, after_first = [], None
-      for _ in range(num_steps):
-        losses.append(sess.run([graph.train_op, graph.total_loss])[1])
-        after_first = after_first or {v.op.name: sess.run(v) for v in variables}
-      final_values = {v.op.name: sess.run(v) for v in variables}
-  return initial_values, after_first, final_values, losses, num_update_ops
+  def __init__(self, config, gradients_fn):
+    options = trainer.default_options(session_config=fast_session_config(), gradients_fn=gradients_fn)
+    self._graph = tf.Graph()
+    with self._graph.as_default():
+      self._train = trainer.build_training_graph(config, options)
+      self.num_update_ops = len(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
+      self._variables = tf.global_variables()
+      self._sess = tf.Session(config=fast_session_config())
+      self._sess.run(tf.global_variables_initializer())
+
+  def values(self):
+    """{variable name: array} of all global variables (optimizer slots and batch-norm statistics included)."""
+    return dict(zip([v.op.name for v in self._variables], self._sess.run(self._variables)))
+
+  def step(self, values=None):
+    """Runs one training step from `values` (the current state if None); returns (loss, values after it)."""
+    if values is not None:
+      for v in self._variables:
+        v.load(values[v.op.name], self._sess)
+    loss = self._sess.run([self._train.train_op, self._train.total_loss])[1]
+    return loss, self.values()
+
+  def close(self):
+    self._sess.close()
 
 
 def _assert_close_to_scale(actual, expected, tolerance):
@@ -99,17 +101,27 @@ def test_memory_saving_training_equals_plain_training_from_the_same_start(citysc
   text_format.Merge('''momentum_optimizer { momentum_optimizer_value: 0.9
                        learning_rate { constant_learning_rate { learning_rate: 0.01 } } }''',
                     config.train_config.optimizer)
-  initial, plain_first, plain, plain_losses, plain_updates = _train(config, None)
-  _, saving_first, saving, saving_losses, saving_updates = _train(
-      config, memory_saving_gradients.make_gradients_fn(TINY_NODES), initial_values=initial)
-  assert saving_updates == plain_updates  # batch-norm updates are not duplicated by recomputation
-  np.testing.assert_allclose(saving_losses, plain_losses, rtol=1e-5)
-  # One step: the gradients differ only in summation order (partial gradients of a checkpoint are added in
-  # another order than tf.gradients adds them).
-  _assert_close_to_scale(saving_first, plain_first, 1e-5)
-  _assert_close_to_scale(saving, plain, 1e-4)
-  moved = [name for name, value in plain.items() if not np.array_equal(value, initial[name])]
-  assert len(moved) > len(plain) // 2  # the steps did train
+  plain = _Trainer(config, None)
+  saving = _Trainer(config, memory_saving_gradients.make_gradients_fn(TINY_NODES))
+  try:
+    assert saving.num_update_ops == plain.num_update_ops  # batch-norm updates are not duplicated by recomputation
+    initial = state = plain.values()
+    # Three steps, each from the state plain training reached: the first with empty momentum slots and initial
+    # batch-norm statistics, the later ones with filled slots and updated statistics. Each step is compared on
+    # its own because gradients that differ only in summation order (partial gradients of a checkpoint are added
+    # in another order than tf.gradients adds them) drift apart chaotically over several steps of this tiny
+    # network (measured 2e-6 to 3e-3 relative after three steps), while one step stays within ~3e-6.
+    for step in range(3):
+      plain_loss, plain_next = plain.step(state)
+      saving_loss, saving_next = saving.step(state)
+      np.testing.assert_allclose(saving_loss, plain_loss, rtol=1e-6, err_msg='step %d' % step)
+      _assert_close_to_scale(saving_next, plain_next, 3e-5)
+      state = plain_next
+  finally:
+    plain.close()
+    saving.close()
+  moved = [name for name, value in state.items() if not np.array_equal(value, initial[name])]
+  assert len(moved) > len(state) // 2  # the steps did train
 
 
 def test_checkpoint_names_resolve_in_each_clone(cityscapes_records):
