@@ -46,6 +46,12 @@ SEED_CHECKPOINT_NODES = (
 )
 
 
+def block_output_nodes(num_units_per_block=dilated_resnet_v1.RESNET50_UNITS):
+  """Names of the backbone's block outputs (the last unit's Relu of block1 .. block4), without clone scope."""
+  return tuple('%s/%s/block%d/unit_%d/bottleneck_v1/Relu' % (FEATURE_EXTRACTOR_SCOPE, BACKBONE_SCOPE, block, units)
+               for block, units in enumerate(num_units_per_block, 1))
+
+
 def adaptive_average_pool(features, bins):
   """Average-pools features into a bins x bins grid, like PyTorch's AdaptiveAvgPool2d.
 
@@ -176,6 +182,10 @@ class PSPNetArchitecture(object):
   @property
   def builds_aux_head(self):
     return self._is_training and self._use_aux_loss
+
+  def block_output_nodes(self):
+    """Node names of block1 .. block4's outputs in this model's backbone (see block_output_nodes())."""
+    return block_output_nodes(self._num_units_per_block)
 
   def preprocess(self, images):
     """Subtracts the ImageNet RGB mean the TF-Slim ResNet checkpoints expect.

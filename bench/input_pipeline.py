@@ -98,11 +98,13 @@ def table(section, train_section=None):
 def input_share(train_section):
   """(label, wait s, step s, wait %, records step s, memory step s, difference %) or None."""
   variants = ((train_section or {}).get('speed') or {}).get('variants') or {}
+  def options(timing):  # everything but the name and the input
+    return {k: v for k, v in timing['variant'].items() if k not in ('name', 'input')}
   records = [t for t in variants.values() if t['variant']['input'] == 'records']
-  memory = [t for t in variants.values() if t['variant']['input'] == 'memory' and
-            t['variant']['native_atrous'] == (records[0]['variant']['native_atrous'] if records else None)]
+  memory = [t for t in variants.values() if t['variant']['input'] == 'memory' and records and
+            options(t) == options(records[0])]
   if not records or not memory:
     return None
-  r, m = records[0], memory[-1]
+  r, m = records[0], memory[0]
   return ('%s' % r['variant']['name'], r['input_wait_s'], r['best_s'], 100.0 * r['input_wait_s'] / r['best_s'],
           r['best_s'], m['best_s'], 100.0 * (r['best_s'] / m['best_s'] - 1))

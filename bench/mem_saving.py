@@ -15,7 +15,8 @@ TFRecords needed), runs warm-up steps, resets the peaks, runs the measured steps
 
 with --repeats rounds interleaving the configurations (the fastest step time and the highest peak are kept), and
 then searches, for each configuration, the largest batch whose measured peak fits under --memory_cap_gb
-(default: the peak of plain training at --batch). Configurations: plain (tf.gradients, as train.py), seed (the
+(default: the peak of plain training at --batch). Configurations: plain (tf.gradients: train.py with
+train_config.recompute_backbone_blocks: 0), train.py (its default: root and blocks 1-3 recomputed), seed (the
 five checkpoint nodes of ../shared/seed/pspnet.md), auto-memory, auto-speed, auto-units (automatic checkpoints).
 
 Prints a table and writes JSON to bench/results/mem_saving.json (or --out). Targets of the memory-saving
@@ -36,8 +37,9 @@ CONFIG_PATH = os.path.join(REPO_ROOT, 'configs', 'pspnet_1.0_713_resnet_v1.confi
 DEFAULT_OUT = os.path.join(REPO_ROOT, 'bench', 'results', 'mem_saving.json')
 
 SEED_CHECKPOINT_NODES = list(pspnet_architecture.SEED_CHECKPOINT_NODES)
-CONFIGS = {
+CONFIGS = {  # name -> checkpoints of the memory-saving gradients (None: the trainer's own gradients)
     'plain': None,
+    'train.py': None,
     'seed': SEED_CHECKPOINT_NODES,
     'auto-memory': 'memory',
     'auto-speed': 'speed',
@@ -78,6 +80,8 @@ def _measure_here(spec):
   config = config_util.load_pipeline_config(CONFIG_PATH)
   config.train_config.batch_size = spec['batch']
   config.train_config.ClearField('fine_tune_checkpoint')  # random initialisation
+  if spec['config'] == 'plain':
+    config.train_config.recompute_backbone_blocks = 0
   if spec['quick']:
     text_format.Merge('pspnet { filter_scale: %g }' % QUICK_FILTER_SCALE, config.model)
   trainer.build_input = _synthetic_input(spec['crop'])  # the only part of the trainer replaced
@@ -223,7 +227,7 @@ def main(argv=None):
   parser.add_argument('--warmup', type=int, default=1, help='steps before measuring')
   parser.add_argument('--repeats', type=int, default=2,
                       help='rounds of the comparison at --batch, interleaving the configurations')
-  parser.add_argument('--configs', default='plain,seed,auto-memory',
+  parser.add_argument('--configs', default='plain,train.py,seed,auto-memory',
                       help='comma-separated, from: %s' % ', '.join(CONFIGS))
   parser.add_argument('--memory_cap_gb', type=float, default=0.0,
                       help='memory cap (GiB of peak allocator memory) of the batch search; 0: the peak of plain '

@@ -28,12 +28,16 @@ from architectures import pspnet_architecture
 from bench import common
 
 SEED_CHECKPOINT_NODES = list(pspnet_architecture.SEED_CHECKPOINT_NODES)
-# The in-graph and session speed options (README, "Performance"). 'off' is the plain graph: TensorFlow's own
-# convolution gradients and defaults; 'on' is the toolkit's default training graph (low-memory gradients of the
-# wide 3x3 convs). The allocator (TF_CPU_ALLOCATOR_USE_BFC=true, train.py's default) is the process-wide option
-# on top: 'off' runs in a worker of its own with TensorFlow's default allocator.
-SPEED_OFF = collections.OrderedDict(native_atrous=False, low_memory_grads=False, intra=0, inter=0, grappler=True)
-SPEED_ON = collections.OrderedDict(native_atrous=False, low_memory_grads=True, intra=0, inter=0, grappler=True)
+# The in-graph and session speed and memory options (README, "Performance"). 'off' is the plain graph:
+# TensorFlow's own gradients (tf.gradients, its convolution gradients) and defaults; 'on' is the toolkit's default
+# training graph (low-memory gradients of the wide 3x3 convs; the backbone's root and blocks 1-3 recomputed in
+# backprop, train_config.recompute_backbone_blocks: 3). The allocator (TF_CPU_ALLOCATOR_USE_BFC=true, train.py's
+# default) is the process-wide option on top: 'off' runs in a worker of its own with TensorFlow's default
+# allocator.
+SPEED_OFF = collections.OrderedDict(native_atrous=False, low_memory_grads=False, recompute_blocks=0, intra=0,
+                                    inter=0, grappler=True)
+SPEED_ON = collections.OrderedDict(native_atrous=False, low_memory_grads=True, recompute_blocks=3, intra=0,
+                                   inter=0, grappler=True)
 
 FULL = {'crop': 713, 'batch': 1, 'runs': 2, 'warmup': 1, 'sweep': [257, 449, 713], 'checkpoints': 'seed'}
 QUICK = {'crop': 65, 'batch': 1, 'runs': 2, 'warmup': 1, 'sweep': [33, 65], 'checkpoints': 'units'}
@@ -76,6 +80,7 @@ def _pipeline_config(spec, variant):
       spec['quick'], 'pspnet { feature_extractor { native_atrous_conv: %s } low_memory_conv_gradients: %s }' % (
           'true' if variant['native_atrous'] else 'false', 'true' if variant['low_memory_grads'] else 'false'))
   config.train_config.batch_size = spec['batch']
+  config.train_config.recompute_backbone_blocks = variant['recompute_blocks']
   for step in config.train_config.preprocessor_step:
     if step.HasField('random_image_crop'):
       step.random_image_crop.crop_height = step.random_image_crop.crop_width = spec['crop']
@@ -194,7 +199,8 @@ def run(args, records=None):
           'records': records}
   results = collections.OrderedDict()
   speed_variants = [_variant('speed options off (plain graph)'),
-                    _variant('speed options on', **SPEED_ON)]
+                    _variant('speed options on', **SPEED_ON),
+                    _variant('speed options on, recompute_backbone_blocks 0', **dict(SPEED_ON, recompute_blocks=0))]
   if records:
     speed_variants.append(_variant('speed options on, TFRecord input', 'records', **SPEED_ON))
   common.log('train: %dx%d batch %d, plain graph with the default CPU allocator' % (
@@ -207,7 +213,9 @@ def run(args, records=None):
   results['speed'] = common.run_worker('train_speed', dict(base, crop=plan['crop'], variants=speed_variants))
   results['memory'] = collections.OrderedDict()
   for name, variant in (('train.py', _variant('train.py', **SPEED_ON)),
-                        ('train.py, plain conv gradients', _variant('train.py, plain conv gradients')),
+                        ('train.py, recompute_backbone_blocks: 0',
+                         _variant('train.py, no recomputation', **dict(SPEED_ON, recompute_blocks=0))),
+                        ('train.py, speed and memory options off (plain graph)', _variant('plain graph')),
                         ('train_mem_saving.py (%s checkpoints)' % plan['checkpoints'],
                          _variant('memory saving', gradients=plan['checkpoints'], **SPEED_ON))):
     common.log('train: %s at %dx%d batch %d, fresh process' % (name, plan['crop'], plan['crop'], plan['batch']))

@@ -12,9 +12,10 @@ convolutions with SAME or VALID padding (every other convolution keeps TensorFlo
   * input gradient  dx = conv2d(dy', rot180(W)^T), a *forward* convolution (Eigen forms its patches lazily,
                     block by block) of the output gradient (padded for VALID) with the spatially flipped kernel,
                     input and output channels swapped;
-  * filter gradient dW[i, j] = x_pad[:, i:i+H', j:j+W', :]^T . dy, one matrix product per kernel tap over a
-                    shifted view of the (padded) input: k * k products of [C_in, N] x [N, C_out], each needing
-                    only one copy of the shifted input, chained so that at most one copy is alive at a time.
+  * filter gradient dW[i, j] = x^T . shift_ij(dy), one matrix product per kernel tap of the input as it is with
+                    a shifted copy of the zero-padded output gradient: k * k products of [C_in, N] x [N, C_out],
+                    chained so that at most one shifted copy is alive at a time. Shifting dy rather than x copies
+                    C_out channels instead of C_in (512 instead of 4096 for the fusion conv).
 
 The arithmetic is identical (a re-association of the same sums): tests/test_conv_gradients.py checks both
 gradients against TensorFlow's own, in float64, for SAME and VALID, odd and even sizes. Select convolutions
@@ -65,22 +66,30 @@ def input_gradient(grad, kernel, padding):
 
 
 def filter_gradient(inputs, grad, kernel_shape, padding):
-  """dL/dW [kh, kw, C_in, C_out] of conv2d(inputs, W, stride 1, padding) from grad = dL/dy [N, H', W', C_out]."""
+  """dL/dW [kh, kw, C_in, C_out] of conv2d(inputs, W, stride 1, padding) from grad = dL/dy [N, H', W', C_out].
+
+  Tap (i, j) of the kernel meets input pixel q and output pixel q + (top - i, left - j) (top, left: the forward
+  padding before the image, 0 for VALID), so dW[i, j] = x^T . shift(dy): the *output gradient* is padded and
+  shifted (C_out channels: 512 for PSPNet's fusion conv, 1/8 of the input's 4096), and the input is used as it
+  is, a [N * H * W, C_in] matrix without a copy.
+  """
   kh, kw, c_in, c_out = kernel_shape
-  if padding == 'SAME':
-    (top, bottom), (left, right) = _same_padding(kh), _same_padding(kw)
-    if top or bottom or left or right:
-      inputs = tf.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]])
+  top, left = (_same_padding(kh)[0], _same_padding(kw)[0]) if padding == 'SAME' else (0, 0)
+  in_h, in_w = tf.shape(inputs)[1], tf.shape(inputs)[2]
   out_h, out_w = tf.shape(grad)[1], tf.shape(grad)[2]
-  grad_matrix = tf.reshape(grad, [-1, c_out])
+  # Rows of dy read by the taps: q + top - i for q in [0, H), i in [0, kh), i.e. [top - kh + 1, H - 1 + top];
+  # zeros outside dy's [0, H').
+  pads = [[0, 0], [kh - 1 - top, in_h - out_h + top], [kw - 1 - left, in_w - out_w + left], [0, 0]]
+  grad_padded = tf.pad(grad, pads)
+  input_matrix = tf.reshape(inputs, [-1, c_in])
   taps = []
   previous = None
   for i in range(kh):
     for j in range(kw):
       # Chained: the next tap's shifted copy is made only after this tap's product is done.
       with tf.control_dependencies([previous] if previous is not None else []):
-        window = tf.slice(inputs, [0, i, j, 0], [-1, out_h, out_w, -1])
-      previous = tf.matmul(tf.reshape(window, [-1, c_in]), grad_matrix, transpose_a=True)
+        window = tf.slice(grad_padded, [0, kh - 1 - i, kw - 1 - j, 0], [-1, in_h, in_w, -1])
+      previous = tf.matmul(input_matrix, tf.reshape(window, [-1, c_out]), transpose_a=True)
       taps.append(previous)
   return tf.reshape(tf.stack(taps), [kh, kw, c_in, c_out])
 

@@ -30,6 +30,7 @@ from builders import preprocessor_builder
 from libs import checkpoint_utils
 from libs import config_util
 from libs import deployment
+from libs import memory_saving_gradients
 from libs import summaries
 from libs.compat import tf
 from libs.config_errors import ConfigError
@@ -40,6 +41,7 @@ logger = tf.get_logger()
 CHECKPOINT_BASENAME = 'model.ckpt'
 FINE_TUNE_TYPES = ('classification', 'segmentation')
 WORKER_POLL_SECS = 2
+NUM_BACKBONE_BLOCKS = 4
 
 
 class TrainOptions(collections.namedtuple('TrainOptions', [
@@ -104,6 +106,9 @@ def validate_train_config(pipeline_config, num_clones):
   if train_config.freeze_fine_tune_backbone and not train_config.fine_tune_checkpoint:
     raise ConfigError('train_config.freeze_fine_tune_backbone', True,
                       'needs train_config.fine_tune_checkpoint (a frozen random backbone cannot learn)')
+  if train_config.recompute_backbone_blocks > NUM_BACKBONE_BLOCKS:
+    raise ConfigError('train_config.recompute_backbone_blocks', train_config.recompute_backbone_blocks,
+                      'allowed: 0 (keep every activation) to %d (the backbone\'s blocks)' % NUM_BACKBONE_BLOCKS)
   _check_crop_fits_eval_pad(pipeline_config)
 
 
@@ -203,7 +208,7 @@ def build_training_graph(pipeline_config, options):
   grads_and_vars = deployment.clone_gradients(
       clones, clone_losses, trainable,
       regularization_loss=reg_loss if train_config.add_regularization_loss and regularization else None,
-      gradients_fn=options.gradients_fn, synchronized=synchronized)
+      gradients_fn=_gradients_fn(train_config, options, main_model), synchronized=synchronized)
 
   # Moving averages of batch norm come from the first clone only (model_deploy's convention); with a frozen
   # backbone its statistics stay as restored.
@@ -227,6 +232,29 @@ def build_training_graph(pipeline_config, options):
       model_config=model_config)
   return _Graph(train_op, global_step, total_loss, losses, learning_rate, summary_op, main_model,
                 train_config.batch_size, update_ops, optimizer)
+
+
+def _gradients_fn(train_config, options, model):
+  """options.gradients_fn if given (train_mem_saving.py), else gradients that recompute the root and the first
+  train_config.recompute_backbone_blocks blocks of the backbone (None: tf.gradients)."""
+  blocks = train_config.recompute_backbone_blocks
+  if options.gradients_fn is not None:
+    if blocks:
+      logger.info('train_config.recompute_backbone_blocks (%d) not used: the given gradients decide what is '
+                  'recomputed (train_mem_saving.py: --checkpoint_nodes / --checkpoint_mode).', blocks)
+    return options.gradients_fn
+  if not blocks:
+    logger.info('Backprop keeps every forward activation (train_config.recompute_backbone_blocks: 0).')
+    return None
+  if train_config.freeze_fine_tune_backbone:
+    logger.info('train_config.recompute_backbone_blocks (%d) not used: the backbone is frozen, backprop keeps '
+                'none of its activations.', blocks)
+    return None
+  nodes = list(model.block_output_nodes()[:blocks])
+  logger.info('Backprop recomputes the backbone\'s root and block1..block%d from their outputs '
+              '(train_config.recompute_backbone_blocks: %d; 0 keeps every activation): %s', blocks, blocks,
+              ', '.join(nodes))
+  return memory_saving_gradients.make_gradients_fn(nodes, colocate_gradients_with_ops=True)
 
 
 def _variables_to_train(train_config):

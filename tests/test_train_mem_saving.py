@@ -1,6 +1,7 @@
 """Tests of train_mem_saving.py: its checkpoint flags, training equal to train.py's from the same start on the same
 batch, checkpoint names resolved per clone, and the command line with the seed's flags (checkpoint, Memory/
 summaries, errors)."""
+import copy
 import glob
 import os
 import subprocess
@@ -18,8 +19,11 @@ from libs import trainer
 from libs.compat import tf
 from tests.conftest import REPO_ROOT
 from tests.conftest import fast_session_config
+from tests.conftest import fixed_batch_pipeline
 from tests.conftest import tiny_pipeline_text
 from tests.test_memory_saving_gradients import TINY_NODES
+from tests.testing_utils import StepRunner
+from tests.testing_utils import assert_steps_equal
 
 
 @pytest.mark.parametrize('nodes,mode,expected', [
@@ -44,84 +48,27 @@ def test_checkpoint_flag_errors_name_the_values(nodes, mode, message):
   assert message in str(error.value)
 
 
-def _fixed_batch_pipeline(records, batch_size=4):
-  # The same batch every step: the first four frames (not shuffled), resized, no random augmentation. Four
-  # different frames because batch norm after the 1x1 pyramid bin normalises batch_size values per channel, and
-  # its gradient grows like 1 / |x1 - x2|: with two frames, float noise (or, with one frame twice, zero variance)
-  # makes any two runs that add in a different order drift apart chaotically within a few steps.
-  config = config_util.parse_pipeline_config(
-      tiny_pipeline_text(records['train'], records['val'], batch_size=batch_size))
-  text_format.Merge("""train_config { preprocessor_step { resize_image { new_height: 65 new_width: 129 } } }
-                       train_input_reader { num_examples: %d }""" % batch_size, config)
-  del config.train_config.preprocessor_step[0]  # the tiny config's random crop
-  return config
-
-
-class _Trainer(object):
-  """A training graph and its session, whose variables can be set to given values before running steps."""
-
-  def __init__(self, config, gradients_fn):
-    options = trainer.default_options(session_config=fast_session_config(), gradients_fn=gradients_fn)
-    self._graph = tf.Graph()
-    with self._graph.as_default():
-      self._train = trainer.build_training_graph(config, options)
-      self.num_update_ops = len(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
-      self._variables = tf.global_variables()
-      self._sess = tf.Session(config=fast_session_config())
-      self._sess.run(tf.global_variables_initializer())
-
-  def values(self):
-    """{variable name: array} of all global variables (optimizer slots and batch-norm statistics included)."""
-    return dict(zip([v.op.name for v in self._variables], self._sess.run(self._variables)))
-
-  def step(self, values=None):
-    """Runs one training step from `values` (the current state if None); returns (loss, values after it)."""
-    if values is not None:
-      for v in self._variables:
-        v.load(values[v.op.name], self._sess)
-    loss = self._sess.run([self._train.train_op, self._train.total_loss])[1]
-    return loss, self.values()
-
-  def close(self):
-    self._sess.close()
-
-
-def _assert_close_to_scale(actual, expected, tolerance):
-  assert set(actual) == set(expected)  # also: no variable was created by the recomputation
-  for name, value in expected.items():
-    error = np.abs(actual[name] - value).max()
-    assert error <= tolerance * np.abs(value).max() + 1e-7, (name, error, np.abs(value).max())
-
-
 def test_memory_saving_training_equals_plain_training_from_the_same_start(cityscapes_records):
-  config = _fixed_batch_pipeline(cityscapes_records)
+  config = fixed_batch_pipeline(cityscapes_records)
   # Momentum SGD (the PSPNet50 recipe's optimizer): updates linear in the gradients. Adam would turn float noise
   # of near-zero gradients into lr-sized steps in both runs.
   config.train_config.optimizer.Clear()
   text_format.Merge('''momentum_optimizer { momentum_optimizer_value: 0.9
                        learning_rate { constant_learning_rate { learning_rate: 0.01 } } }''',
                     config.train_config.optimizer)
-  plain = _Trainer(config, None)
-  saving = _Trainer(config, memory_saving_gradients.make_gradients_fn(TINY_NODES))
+  plain_config = copy.deepcopy(config)
+  plain_config.train_config.recompute_backbone_blocks = 0  # tf.gradients itself
+  plain = StepRunner(plain_config)
+  saving = StepRunner(config, memory_saving_gradients.make_gradients_fn(TINY_NODES))
   try:
     assert saving.num_update_ops == plain.num_update_ops  # batch-norm updates are not duplicated by recomputation
-    initial = state = plain.values()
-    # Three steps, each from the state plain training reached: the first with empty momentum slots and initial
-    # batch-norm statistics, the later ones with filled slots and updated statistics. Each step is compared on
-    # its own because gradients that differ only in summation order (partial gradients of a checkpoint are added
-    # in another order than tf.gradients adds them) drift apart chaotically over several steps of this tiny
-    # network (measured 2e-6 to 3e-3 relative after three steps), while one step stays within ~3e-6.
-    for step in range(3):
-      plain_loss, plain_next = plain.step(state)
-      saving_loss, saving_next = saving.step(state)
-      np.testing.assert_allclose(saving_loss, plain_loss, rtol=1e-6, err_msg='step %d' % step)
-      _assert_close_to_scale(saving_next, plain_next, 3e-5)
-      state = plain_next
+    assert not [op for op in plain.graph.get_operations() if '/recompute/' in op.name]
+    initial, final = assert_steps_equal(plain, saving)
   finally:
     plain.close()
     saving.close()
-  moved = [name for name, value in state.items() if not np.array_equal(value, initial[name])]
-  assert len(moved) > len(state) // 2  # the steps did train
+  moved = [name for name, value in final.items() if not np.array_equal(value, initial[name])]
+  assert len(moved) > len(final) // 2  # the steps did train
 
 
 def test_checkpoint_names_resolve_in_each_clone(cityscapes_records):

@@ -1,5 +1,6 @@
 """Training tests: loss decreases on a fixed batch, resume, fine-tune initialisation from public-layout and
 toolkit checkpoints, frozen backbone, clones, config errors, and the train.py command line."""
+import copy
 import glob
 import os
 import subprocess
@@ -21,8 +22,11 @@ from libs.config_errors import ConfigError
 from protos import model_pb2
 from tests.conftest import REPO_ROOT
 from tests.conftest import fast_session_config
+from tests.conftest import fixed_batch_pipeline
 from tests.conftest import tiny_pipeline
 from tests.conftest import tiny_pipeline_text
+from tests.testing_utils import StepRunner
+from tests.testing_utils import assert_steps_equal
 
 from tf_slim.nets import resnet_v1  # pylint: disable=g-bad-import-order
 
@@ -203,6 +207,8 @@ def test_two_clones_on_cpu(cityscapes_records, tmp_path):
      'train_input_reader.tf_record_input_reader.input_path[1]'),
     ('eval_config { eval_input_type { padded_eval_input { height: 33 width: 257 } } }', 1,
      'eval_config.eval_input_type.padded_eval_input.height = 33: must be >= the training crop height (65)'),
+    ('train_config { recompute_backbone_blocks: 5 }', 1,
+     'train_config.recompute_backbone_blocks = 5: allowed: 0 (keep every activation) to 4'),
 ])
 def test_config_errors_name_file_field_and_value(cityscapes_records, tmp_path, extra, num_clones, message):
   config = _pipeline(cityscapes_records, extra=extra)
@@ -307,3 +313,102 @@ def test_synchronized_batch_norm_clones_train_like_one_clone_with_the_whole_batc
     assert np.abs(plain[name] - one[name]).max() > 10 * np.abs(synced[name] - one[name]).max(), name
   moving = 'SharedFeatureExtractor/resnet_v1_50/block1/unit_1/bottleneck_v1/conv1/BatchNorm/moving_mean'
   assert np.abs(plain[moving] - one[moving]).max() > 10 * np.abs(synced[moving] - one[moving]).max()
+
+
+_BACKBONE = 'SharedFeatureExtractor/resnet_v1_50/'
+_FORWARD_SCOPES = ('SharedFeatureExtractor/', 'PSPModule/', 'Logits/', 'AuxHead/')
+
+
+def _backprop_reads(graph, clone=''):
+  """{forward op name (without the clone scope): gradient ops reading its outputs} for the 4-D float activations
+  of `clone`: the forward activations that stay alive until backprop needs them. Gradient ops are those under a
+  '*gradients*' scope (tf.gradients', the memory-saving gradients' and their recomputed copies)."""
+  reads = {}
+  for op in graph.get_operations():
+    if not any('gradients' in part for part in op.name.split('/')):
+      continue
+    for t in op.inputs:
+      if not t.op.name.startswith(clone) or t.op.type == 'ReadVariableOp':
+        continue  # another clone's; weights
+      name = t.op.name[len(clone):]
+      if name == _BACKBONE + 'Pad':
+        continue  # the zero-padded input image: data before the first parameter, nothing to recompute
+      if name.startswith(_FORWARD_SCOPES) and t.dtype == tf.float32 and t.shape.rank == 4:
+        reads.setdefault(name, set()).add(op.name)
+  return reads
+
+
+def _block_of(name):
+  """'root', 'block1' .. 'block4' for backbone ops, None elsewhere."""
+  if not name.startswith(_BACKBONE):
+    return None
+  part = name[len(_BACKBONE):].split('/')[0]
+  return part if part.startswith('block') else 'root'
+
+
+@pytest.mark.parametrize('blocks', [0, 2, 3, 4])
+def test_recompute_backbone_blocks_keeps_only_block_outputs_of_the_recomputed_blocks(cityscapes_records, blocks):
+  config = _pipeline(cityscapes_records, extra='train_config { recompute_backbone_blocks: %d }' % blocks)
+  with tf.Graph().as_default() as graph:
+    trainer.build_training_graph(config, _options())
+    reads = _backprop_reads(graph)
+  recomputed = {'root'} | {'block%d' % b for b in range(1, blocks + 1)} if blocks else set()
+  outputs = set(pspnet_architecture.block_output_nodes([1, 1, 1, 1]))
+  # Backprop reads no activation of a recomputed block except the block outputs (the checkpoints)...
+  kept = sorted(name for name in reads if _block_of(name) in recomputed and name not in outputs)
+  assert not kept, kept[:5]
+  # ... and still reads the activations of the blocks it does not recompute (they are kept, as before).
+  for block in ('root', 'block1', 'block2', 'block3', 'block4'):
+    read = [name for name in reads if _block_of(name) == block and name not in outputs]
+    assert bool(read) == (block not in recomputed), (block, read[:3])
+  copies = [op.name for op in graph.get_operations() if '/recompute/' + _BACKBONE in op.name]
+  assert bool(copies) == bool(blocks)
+  assert not [name for name in copies if '/block%d/' % (blocks + 1) in name or 'PSPModule' in name]
+
+
+def test_recomputed_backbone_trains_like_tf_gradients(cityscapes_records):
+  config = fixed_batch_pipeline(cityscapes_records)
+  config.train_config.optimizer.Clear()
+  text_format.Merge('''momentum_optimizer { momentum_optimizer_value: 0.9
+                       learning_rate { constant_learning_rate { learning_rate: 0.01 } } }''',
+                    config.train_config.optimizer)
+  assert config.train_config.recompute_backbone_blocks == 3  # the default
+  plain_config = copy.deepcopy(config)
+  plain_config.train_config.recompute_backbone_blocks = 0
+  plain, recomputed = StepRunner(plain_config), StepRunner(config)
+  try:
+    assert recomputed.num_update_ops == plain.num_update_ops
+    assert_steps_equal(plain, recomputed)
+  finally:
+    plain.close()
+    recomputed.close()
+
+
+def test_recompute_backbone_blocks_per_clone_synchronized_and_frozen(cityscapes_records, tmp_path):
+  # Clones: each clone recomputes its own blocks (names resolved in the clone scope); with synchronized batch
+  # norm one gradient covers both clones. A frozen backbone keeps no activation: nothing to recompute.
+  for sync in ('false', 'true'):
+    config = _pipeline(cityscapes_records, batch_size=4, extra=(
+        'model { pspnet { hyperparams { batch_norm { sync_across_clones: %s } } } }' % sync))
+    with tf.Graph().as_default() as graph:
+      g = trainer.build_training_graph(config, _options(num_clones=2, clone_on_cpu=True))
+      for clone in ('clone_0/', 'clone_1/'):
+        reads = _backprop_reads(graph, clone)
+        assert reads, clone
+        assert not [name for name in reads if _block_of(name) in ('root', 'block1')
+                    and name not in pspnet_architecture.block_output_nodes([1, 1, 1, 1])], (sync, clone)
+      with tf.Session(config=fast_session_config()) as sess:
+        sess.run(tf.global_variables_initializer())
+        step, loss = sess.run([g.train_op, g.total_loss])
+    assert step == 1 and np.isfinite(loss)
+  init = str(tmp_path / 'init.ckpt')
+  with tf.Graph().as_default():
+    trainer.build_training_graph(_pipeline(cityscapes_records), _options())
+    with tf.Session(config=fast_session_config()) as sess:
+      sess.run(tf.global_variables_initializer())
+      tf.train.Saver(slim.get_model_variables()).save(sess, init)
+  frozen = _pipeline(cityscapes_records, extra='''train_config { fine_tune_checkpoint: "%s"
+      fine_tune_checkpoint_type: "segmentation" freeze_fine_tune_backbone: true }''' % init)
+  with tf.Graph().as_default() as graph:
+    trainer.build_training_graph(frozen, _options())
+    assert not [op for op in graph.get_operations() if '/recompute/' in op.name]
