@@ -20,6 +20,8 @@ Model interface (shapes for a batch of N images of H x W):
                                (already weighted; pixels with the ignore label excluded)
     restore_map(fine_tune_checkpoint_type)  -> {checkpoint variable name: variable}
 """
+import numpy as np
+
 from architectures import dilated_resnet_v1
 from libs import conv_gradients
 from libs.compat import slim
@@ -57,32 +59,41 @@ def adaptive_average_pool(features, bins):
 
   Cell (i, j) averages rows [floor(i*h/bins), ceil((i+1)*h/bins)) and the analogous columns, so every input
   pixel is covered for any h, w (also when not divisible by bins; cells overlap by at most one pixel then).
-  Rows are averaged first, then columns: the mean of row means over a rectangle is the rectangle's mean.
+
+  Computed as two products with constant averaging matrices, rows then columns (the mean of row means over a
+  rectangle is the rectangle's mean): A_h [bins, h] (row i holds 1/len over cell i's rows) times the features as
+  [N, h, w * C], then A_w [bins, w] times the result as [N * bins, w, C]. Its gradient is the same two products
+  transposed, one tensor of the input's size, where slicing out every cell would make one zero-filled
+  input-sized gradient per cell (50 of them for bins 1, 2, 3, 6) and add them up.
 
   Args:
-    features: float [N, h, w, C] with static h and w.
+    features: float [N, h, w, C] with static h, w and C.
     bins: cells per side, 1 <= bins.
 
   Returns:
-    float [N, bins, bins, C].
+    float [N, bins, bins, C], the dtype of features.
 
   Raises:
-    ValueError: if h or w is not static.
+    ValueError: if h, w or C is not static.
   """
-  height, width = features.shape.as_list()[1:3]
-  if height is None or width is None:
+  height, width, channels = features.shape.as_list()[1:4]
+  if height is None or width is None or channels is None:
     raise ValueError('Pyramid pooling needs a static feature map size, got %s for %s; give the network inputs '
                      'of a fixed size (crop or pad them).' % (features.shape, features.name))
+  rows = tf.matmul(_averaging_matrix(height, bins, features.dtype),
+                   tf.reshape(features, [-1, height, width * channels]), name='rows')    # [N, bins, w * C]
+  cells = tf.matmul(_averaging_matrix(width, bins, features.dtype),
+                    tf.reshape(rows, [-1, width, channels]), name='columns')            # [N * bins, bins, C]
+  return tf.reshape(cells, [-1, bins, bins, channels])
 
-  def cell_bounds(size, i):
-    return (i * size) // bins, -((-(i + 1) * size) // bins)
 
-  rows = [tf.reduce_mean(features[:, slice(*cell_bounds(height, i))], axis=1, keepdims=True)
-          for i in range(bins)]
-  rows = tf.concat(rows, axis=1) if bins > 1 else rows[0]
-  cells = [tf.reduce_mean(rows[:, :, slice(*cell_bounds(width, j))], axis=2, keepdims=True)
-           for j in range(bins)]
-  return tf.concat(cells, axis=2) if bins > 1 else cells[0]
+def _averaging_matrix(size, bins, dtype):
+  """[bins, size] constant: row i averages positions [floor(i*size/bins), ceil((i+1)*size/bins))."""
+  matrix = np.zeros([bins, size], np.float64)
+  for i in range(bins):
+    start, end = (i * size) // bins, -((-(i + 1) * size) // bins)
+    matrix[i, start:end] = 1.0 / (end - start)
+  return tf.constant(matrix, dtype=dtype)
 
 
 def resize_bilinear(images, size):

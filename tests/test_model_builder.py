@@ -154,6 +154,37 @@ def test_adaptive_average_pool_matches_reference_for_sizes_not_divisible_by_bins
   np.testing.assert_allclose(result, _adaptive_pool_reference(x, bins), rtol=1e-12, atol=1e-12)
 
 
+def _adaptive_pool_gradient_reference(x_shape, upstream):
+  """d sum(pooled * upstream) / dx: each cell spreads its upstream value / cell size over its pixels."""
+  n, h, w, c = x_shape
+  bins = upstream.shape[1]
+  grad = np.zeros(x_shape)
+  for i in range(bins):
+    for j in range(bins):
+      r0, r1 = (i * h) // bins, -((-(i + 1) * h) // bins)
+      c0, c1 = (j * w) // bins, -((-(j + 1) * w) // bins)
+      grad[:, r0:r1, c0:c1] += upstream[:, i, j][:, None, None, :] / ((r1 - r0) * (c1 - c0))
+  return grad
+
+
+@pytest.mark.parametrize('size,bins', [((13, 13), 6), ((9, 17), 3), ((5, 7), 2), ((6, 6), 1)])
+def test_adaptive_average_pool_gradient_is_one_dense_product(size, bins):
+  rng = np.random.RandomState(1)
+  x = rng.randn(2, size[0], size[1], 3)
+  upstream = rng.randn(2, bins, bins, 3)
+  with tf.Graph().as_default() as graph:
+    inputs = tf.constant(x)
+    pooled = pspnet_architecture.adaptive_average_pool(inputs, bins)
+    first = len(graph.get_operations())
+    grad, = tf.gradients(pooled, [inputs], grad_ys=tf.constant(upstream))
+    gradient_types = {op.type for op in graph.get_operations()[first:]}
+    with tf.Session(config=fast_session_config()) as sess:
+      value = sess.run(grad)
+  np.testing.assert_allclose(value, _adaptive_pool_gradient_reference(x.shape, upstream), rtol=1e-12, atol=1e-12)
+  # No per-cell input-sized gradients to add up (what slicing out every cell would give).
+  assert not gradient_types & {'StridedSliceGrad', 'SliceGrad', 'AddN', 'Tile'}, gradient_types
+
+
 def test_adaptive_average_pool_needs_static_size():
   with tf.Graph().as_default():
     with pytest.raises(ValueError, match='static feature map size'):
