@@ -60,12 +60,6 @@ def adaptive_average_pool(features, bins):
   Cell (i, j) averages rows [floor(i*h/bins), ceil((i+1)*h/bins)) and the analogous columns, so every input
   pixel is covered for any h, w (also when not divisible by bins; cells overlap by at most one pixel then).
 
-  Computed as two products with constant averaging matrices, rows then columns (the mean of row means over a
-  rectangle is the rectangle's mean): A_h [bins, h] (row i holds 1/len over cell i's rows) times the features as
-  [N, h, w * C], then A_w [bins, w] times the result as [N * bins, w, C]. Its gradient is the same two products
-  transposed, one tensor of the input's size, where slicing out every cell would make one zero-filled
-  input-sized gradient per cell (50 of them for bins 1, 2, 3, 6) and add them up.
-
   Args:
     features: float [N, h, w, C] with static h, w and C.
     bins: cells per side, 1 <= bins.
@@ -76,15 +70,45 @@ def adaptive_average_pool(features, bins):
   Raises:
     ValueError: if h, w or C is not static.
   """
+  return pyramid_average_pools(features, [bins])[0]
+
+
+def pyramid_average_pools(features, bins_list):
+  """adaptive_average_pool(features, bins) for every bins of bins_list, sharing one pass over the features.
+
+  Two products with constant averaging matrices, rows then columns (the mean of row means over a rectangle is the
+  rectangle's mean): the row matrices of all pyramid levels stacked, A_h [sum(bins_list), h] (row i of a level
+  holds 1/len over cell i's rows), times the features as [N, h, w * C]; then per level A_w [bins, w] times its
+  rows as [N * bins, w, C]. The gradient is the same products transposed: *one* tensor of the features' size for
+  the whole pyramid, where slicing out every cell makes one zero-filled features-sized gradient per cell (50 for
+  bins 1, 2, 3, 6), all added up.
+
+  Args:
+    features: float [N, h, w, C] with static h, w and C.
+    bins_list: cells per side of each level, each >= 1.
+
+  Returns:
+    list of float [N, bins, bins, C] in the order of bins_list (ops under Pool<bins>/), dtype of features.
+
+  Raises:
+    ValueError: if h, w or C is not static.
+  """
   height, width, channels = features.shape.as_list()[1:4]
   if height is None or width is None or channels is None:
     raise ValueError('Pyramid pooling needs a static feature map size, got %s for %s; give the network inputs '
                      'of a fixed size (crop or pad them).' % (features.shape, features.name))
-  rows = tf.matmul(_averaging_matrix(height, bins, features.dtype),
-                   tf.reshape(features, [-1, height, width * channels]), name='rows')    # [N, bins, w * C]
-  cells = tf.matmul(_averaging_matrix(width, bins, features.dtype),
-                    tf.reshape(rows, [-1, width, channels]), name='columns')            # [N * bins, bins, C]
-  return tf.reshape(cells, [-1, bins, bins, channels])
+  row_matrix = tf.concat([_averaging_matrix(height, bins, features.dtype) for bins in bins_list], axis=0)
+  rows = tf.matmul(row_matrix, tf.reshape(features, [-1, height, width * channels]),
+                   name='rows')                                          # [N, sum(bins_list), w * C]
+  # Split (its gradient is a concat), not slices (whose gradients are zero-filled [N, sum(bins_list), w * C]).
+  levels = tf.split(rows, list(bins_list), axis=1) if len(bins_list) > 1 else [rows]
+  pooled = []
+  for bins, level in zip(bins_list, levels):
+    with tf.name_scope('Pool%d' % bins):
+      level = tf.reshape(level, [-1, width, channels])                                # [N * bins, w, C]
+      cells = tf.matmul(_averaging_matrix(width, bins, features.dtype), level, name='columns')
+      pooled.append(tf.reshape(cells, [-1, bins, bins, channels]))
+  return pooled
 
 
 def _averaging_matrix(size, bins, dtype):
@@ -223,10 +247,10 @@ class PSPNetArchitecture(object):
     size = [int(features.shape[1]), int(features.shape[2])]
     with tf.variable_scope(PSP_MODULE_SCOPE, values=[features]):
       branches = [features]
+      with tf.name_scope('Pooling'):
+        pyramid = pyramid_average_pools(features, self._pooling_factors)
       with slim.arg_scope([slim.conv2d], activation_fn=tf.nn.relu6):
-        for bins in self._pooling_factors:
-          with tf.name_scope('Pool%d' % bins):
-            pooled = adaptive_average_pool(features, bins)
+        for bins, pooled in zip(self._pooling_factors, pyramid):
           pooled = slim.conv2d(pooled, self._scaled(PSP_DEPTH), 1)
           with tf.name_scope('Upsample%d' % bins):
             branches.append(resize_bilinear(pooled, size))

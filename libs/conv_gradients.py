@@ -72,26 +72,49 @@ def filter_gradient(inputs, grad, kernel_shape, padding):
   padding before the image, 0 for VALID), so dW[i, j] = x^T . shift(dy): the *output gradient* is padded and
   shifted (C_out channels: 512 for PSPNet's fusion conv, 1/8 of the input's 4096), and the input is used as it
   is, a [N * H * W, C_in] matrix without a copy.
+
+  `inputs` may also be a list of tensors whose channel concatenation is the convolution's input (the PSP module's
+  concat): each part's rows of dW are computed from the part itself, so the concatenated input is not needed.
   """
   kh, kw, c_in, c_out = kernel_shape
+  parts = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+  first = parts[0]
   top, left = (_same_padding(kh)[0], _same_padding(kw)[0]) if padding == 'SAME' else (0, 0)
-  in_h, in_w = tf.shape(inputs)[1], tf.shape(inputs)[2]
+  in_h, in_w = tf.shape(first)[1], tf.shape(first)[2]
   out_h, out_w = tf.shape(grad)[1], tf.shape(grad)[2]
   # Rows of dy read by the taps: q + top - i for q in [0, H), i in [0, kh), i.e. [top - kh + 1, H - 1 + top];
   # zeros outside dy's [0, H').
   pads = [[0, 0], [kh - 1 - top, in_h - out_h + top], [kw - 1 - left, in_w - out_w + left], [0, 0]]
   grad_padded = tf.pad(grad, pads)
-  input_matrix = tf.reshape(inputs, [-1, c_in])
+  channels = [part.shape.as_list()[-1] for part in parts] if len(parts) > 1 else [c_in]
+  if None in channels or sum(channels) != c_in:
+    raise ValueError('filter_gradient: input parts with %s channels for a kernel of %d input channels'
+                     % (channels, c_in))
+  matrices = [tf.reshape(part, [-1, c]) for part, c in zip(parts, channels)]
   taps = []
   previous = None
   for i in range(kh):
     for j in range(kw):
       # Chained: the next tap's shifted copy is made only after this tap's product is done.
       with tf.control_dependencies([previous] if previous is not None else []):
-        window = tf.slice(grad_padded, [0, kh - 1 - i, kw - 1 - j, 0], [-1, in_h, in_w, -1])
-      previous = tf.matmul(input_matrix, tf.reshape(window, [-1, c_out]), transpose_a=True)
+        window = tf.reshape(tf.slice(grad_padded, [0, kh - 1 - i, kw - 1 - j, 0], [-1, in_h, in_w, -1]),
+                            [-1, c_out])
+      products = [tf.matmul(m, window, transpose_a=True) for m in matrices]
+      previous = tf.concat(products, axis=0) if len(products) > 1 else products[0]
       taps.append(previous)
   return tf.reshape(tf.stack(taps), [kh, kw, c_in, c_out])
+
+
+def _channel_concat_parts(tensor):
+  """The inputs of `tensor` if it is a ConcatV2 along the last (channel) axis of a 4-D tensor, else None."""
+  op = tensor.op
+  if op.type != 'ConcatV2' or tensor.shape.rank != 4:
+    return None
+  axis = tf.get_static_value(op.inputs[-1])
+  parts = list(op.inputs[:-1])
+  if axis is None or int(axis) not in (3, -1) or any(p.shape.as_list()[-1] is None for p in parts):
+    return None
+  return parts
 
 
 @_ops.RegisterGradient(GRADIENT_NAME)
@@ -104,7 +127,9 @@ def _low_memory_conv2d_grad(op, grad):
   with tf.name_scope('low_memory_input_grad'):
     dx = input_gradient(grad, kernel, padding)
   with tf.name_scope('low_memory_filter_grad'):
-    dw = filter_gradient(inputs, grad, kernel.shape.as_list(), padding)
+    # From the concatenated parts when the input is a channel concat: the concat's output then has no reader
+    # in backprop and is freed right after the forward convolution (126 MiB at PSPNet's 713x713).
+    dw = filter_gradient(_channel_concat_parts(inputs) or inputs, grad, kernel.shape.as_list(), padding)
   return dx, dw
 
 

@@ -51,3 +51,30 @@ def test_strided_convolutions_keep_tensorflows_gradient(padding):
   np.testing.assert_array_equal(dx, dx_ref)
   np.testing.assert_array_equal(dk, dk_ref)
   assert 'Conv2DBackpropFilter' in ops
+
+
+@pytest.mark.parametrize('padding', ['SAME', 'VALID'])
+def test_filter_gradient_of_a_channel_concat_reads_the_parts_not_the_concat(padding):
+  # PSPNet's fusion conv reads concat(features, upsampled pyramid levels): its filter gradient is computed from
+  # the parts, so nothing in backprop reads the concatenated tensor and it is freed after the forward pass.
+  rng = np.random.RandomState(3)
+  parts_value = [rng.normal(size=[2, 7, 6, c]) for c in (5, 2, 3)]
+  k_value = rng.normal(size=[3, 3, 10, 4])
+  dy_value = rng.normal(size=[2, 7, 6, 4] if padding == 'SAME' else [2, 5, 4, 4])
+  results = {}
+  for low_memory in (False, True):
+    graph = tf.Graph()
+    with graph.as_default():
+      parts = [tf.constant(v, tf.float64) for v in parts_value]
+      kernel = tf.constant(k_value, tf.float64)
+      net = tf.concat(parts, axis=3)
+      with conv_gradients.low_memory_gradients(low_memory):
+        y = tf.nn.conv2d(net, kernel, strides=[1, 1, 1, 1], padding=padding)
+      first = len(graph.get_operations())
+      grads = tf.gradients(y, parts + [kernel], grad_ys=tf.constant(dy_value))
+      readers = [op.name for op in graph.get_operations()[first:] if net in list(op.inputs)]
+      with tf.Session(graph=graph) as sess:
+        results[low_memory] = sess.run(grads)
+    assert bool(readers) == (not low_memory), readers  # TensorFlow's filter gradient reads the concat
+  for ours, theirs in zip(results[True], results[False]):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)

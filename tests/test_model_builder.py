@@ -185,6 +185,30 @@ def test_adaptive_average_pool_gradient_is_one_dense_product(size, bins):
   assert not gradient_types & {'StridedSliceGrad', 'SliceGrad', 'AddN', 'Tile'}, gradient_types
 
 
+def test_pyramid_pools_share_one_pass_and_one_input_gradient():
+  rng = np.random.RandomState(2)
+  x = rng.randn(1, 13, 9, 4)
+  levels = [1, 2, 3, 6]
+  upstream = [rng.randn(1, bins, bins, 4) for bins in levels]
+  with tf.Graph().as_default() as graph:
+    inputs = tf.constant(x)
+    pooled = pspnet_architecture.pyramid_average_pools(inputs, levels)
+    first = len(graph.get_operations())
+    grad, = tf.gradients(pooled, [inputs], grad_ys=[tf.constant(u) for u in upstream])
+    # Only one op reads the features, so backprop makes one features-sized gradient for the whole pyramid.
+    assert len(inputs.consumers()) == 1
+    gradient_types = {op.type for op in graph.get_operations()[first:]}
+    assert not gradient_types & {'StridedSliceGrad', 'SliceGrad', 'AddN', 'Tile'}, gradient_types
+    with tf.Session(config=fast_session_config()) as sess:
+      values, grad_value = sess.run([pooled, grad])
+  for bins, value in zip(levels, values):
+    np.testing.assert_allclose(value, _adaptive_pool_reference(x, bins), rtol=1e-12, atol=1e-12)
+  expected = sum(_adaptive_pool_gradient_reference(x.shape, u) for u in upstream)
+  np.testing.assert_allclose(grad_value, expected, rtol=1e-12, atol=1e-12)
+  assert [op.name for op in graph.get_operations() if op.name.endswith('/columns')] == [
+      'Pool%d/columns' % bins for bins in levels]
+
+
 def test_adaptive_average_pool_needs_static_size():
   with tf.Graph().as_default():
     with pytest.raises(ValueError, match='static feature map size'):
