@@ -66,18 +66,28 @@ def tiny_pipeline(records, extra='', **kwargs):
   return config
 
 
-def fixed_batch_pipeline(records, batch_size=4):
+def fixed_batch_pipeline(records, batch_size=4, momentum_sgd=False):
   """The tiny pipeline with the same batch every step: the first batch_size frames (not shuffled), resized to
   65x129, no random augmentation.
 
   Four different frames by default because batch norm after the 1x1 pyramid bin normalises batch_size values per
   channel, and its gradient grows like 1 / |x1 - x2|: with two frames, float noise (or, with one frame twice, zero
   variance) makes any two runs that add in a different order drift apart chaotically within a few steps.
+
+  momentum_sgd: momentum SGD at a constant learning rate 0.01 instead of the tiny config's Adam (the PSPNet50
+  recipe's optimizer; updates linear in the gradients, for comparing two gradient implementations: Adam would
+  turn float noise of near-zero gradients into lr-sized steps).
   """
   config = tiny_pipeline(records, batch_size=batch_size, extra="""
       train_config { preprocessor_step { resize_image { new_height: 65 new_width: 129 } } }
       train_input_reader { num_examples: %d }""" % batch_size)
   del config.train_config.preprocessor_step[0]  # the tiny config's random crop
+  if momentum_sgd:
+    from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
+    config.train_config.optimizer.Clear()
+    text_format.Merge("""momentum_optimizer { momentum_optimizer_value: 0.9
+                         learning_rate { constant_learning_rate { learning_rate: 0.01 } } }""",
+                      config.train_config.optimizer)
   return config
 
 

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 from absl import app
-from google.protobuf import text_format
 
 import train_mem_saving
 from libs import config_util
@@ -49,13 +48,7 @@ def test_checkpoint_flag_errors_name_the_values(nodes, mode, message):
 
 
 def test_memory_saving_training_equals_plain_training_from_the_same_start(cityscapes_records):
-  config = fixed_batch_pipeline(cityscapes_records)
-  # Momentum SGD (the PSPNet50 recipe's optimizer): updates linear in the gradients. Adam would turn float noise
-  # of near-zero gradients into lr-sized steps in both runs.
-  config.train_config.optimizer.Clear()
-  text_format.Merge('''momentum_optimizer { momentum_optimizer_value: 0.9
-                       learning_rate { constant_learning_rate { learning_rate: 0.01 } } }''',
-                    config.train_config.optimizer)
+  config = fixed_batch_pipeline(cityscapes_records, momentum_sgd=True)
   plain_config = copy.deepcopy(config)
   plain_config.train_config.recompute_backbone_blocks = 0  # tf.gradients itself
   plain = StepRunner(plain_config)

@@ -367,11 +367,7 @@ def test_recompute_backbone_blocks_keeps_only_block_outputs_of_the_recomputed_bl
 
 
 def test_recomputed_backbone_trains_like_tf_gradients(cityscapes_records):
-  config = fixed_batch_pipeline(cityscapes_records)
-  config.train_config.optimizer.Clear()
-  text_format.Merge('''momentum_optimizer { momentum_optimizer_value: 0.9
-                       learning_rate { constant_learning_rate { learning_rate: 0.01 } } }''',
-                    config.train_config.optimizer)
+  config = fixed_batch_pipeline(cityscapes_records, momentum_sgd=True)
   assert config.train_config.recompute_backbone_blocks == 3  # the default
   plain_config = copy.deepcopy(config)
   plain_config.train_config.recompute_backbone_blocks = 0
