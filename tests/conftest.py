@@ -97,6 +97,23 @@ def tiny_pipeline_text(train_record, val_record=None, batch_size=2, num_steps=4,
   return TINY_MODEL % values + TINY_TRAIN % values
 
 
+@pytest.fixture
+def log_lines():
+  """Lines logged by the toolkit's (TensorFlow's) logger, which does not propagate to pytest's caplog."""
+  import logging  # pylint: disable=import-outside-toplevel
+  from libs.compat import tf  # pylint: disable=import-outside-toplevel
+  lines = []
+
+  class Handler(logging.Handler):
+    def emit(self, record):
+      lines.append(record.getMessage())
+
+  handler = Handler()
+  tf.get_logger().addHandler(handler)
+  yield lines
+  tf.get_logger().removeHandler(handler)
+
+
 @pytest.fixture(scope='session')
 def cityscapes_records(tmp_path_factory):
   """{'dir': dataset root, 'train': record, 'val': record} of 8 synthetic train frames and 2 synthetic + the

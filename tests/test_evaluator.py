@@ -3,7 +3,6 @@ must equal a plain pass, and checked against its definition otherwise), the eval
 (each checkpoint once, restart, deleted and half-written checkpoints, max_evals, timeout, final step),
 TensorBoard summaries read back with EventAccumulator, JSON results, the best checkpoint, and eval.py."""
 import glob
-import logging
 import os
 import shutil
 import subprocess
@@ -69,21 +68,6 @@ def _write_state(train_dir, steps):
   with open(os.path.join(train_dir, 'checkpoint'), 'w') as f:
     f.write('model_checkpoint_path: "%s"\n' % names[-1])
     f.writelines('all_model_checkpoint_paths: "%s"\n' % n for n in names)
-
-
-@pytest.fixture
-def log_lines():
-  """Lines logged by the toolkit's (TensorFlow's) logger, which does not propagate to pytest's caplog."""
-  lines = []
-
-  class Handler(logging.Handler):
-    def emit(self, record):
-      lines.append(record.getMessage())
-
-  handler = Handler()
-  tf.get_logger().addHandler(handler)
-  yield lines
-  tf.get_logger().removeHandler(handler)
 
 
 def _steps(results):
