@@ -14,9 +14,9 @@ train_config.num_steps is evaluated. A restarted evaluator skips the checkpoints
 from absl import app
 from absl import flags
 
+from drivers import evaluator
 from libs import config_util
 from libs import device_flags
-from libs import evaluator
 
 FLAGS = flags.FLAGS
 

@@ -15,8 +15,9 @@ name_map.json, to initialise ICNet. Flags follow the original TF1 toolkit's expo
 from absl import app
 from absl import flags
 
+from drivers import exporter
+from drivers import inference_graph
 from libs import config_util
-from libs import exporter
 from libs.compat import tf
 
 FLAGS = flags.FLAGS
@@ -64,8 +65,8 @@ def main(argv):
   with config_util.naming_config_file(FLAGS.config_path):
     result = exporter.export(
         config.model, FLAGS.output_dir, trained_checkpoint=FLAGS.trained_checkpoint,
-        input_shape=exporter.parse_shape(FLAGS.input_shape, '--input_shape', (3, 4)),
-        pad_to_shape=exporter.parse_shape(FLAGS.pad_to_shape, '--pad_to_shape', (2,)),
+        input_shape=inference_graph.parse_shape(FLAGS.input_shape, '--input_shape', (3, 4)),
+        pad_to_shape=inference_graph.parse_shape(FLAGS.pad_to_shape, '--pad_to_shape', (2,)),
         num_timing_runs=FLAGS.num_timing_runs, num_warmup_runs=FLAGS.num_warmup_runs,
         export_checkpoint=FLAGS.export_checkpoint, checkpoint_only=FLAGS.checkpoint_only,
         session_config=session_config, config_path=FLAGS.config_path, compute_dtype=FLAGS.compute_dtype,

@@ -14,9 +14,9 @@ by name and skipped; the exit status is 1 when any image failed.
 from absl import app
 from absl import flags
 
+from drivers import inference_graph
+from drivers import inference as inference_lib
 from libs import config_util
-from libs import exporter
-from libs import inference_lib
 from libs.compat import tf
 
 FLAGS = flags.FLAGS
@@ -53,8 +53,8 @@ def main(argv):
   with config_util.naming_config_file(FLAGS.config_path):
     summary = inference_lib.run_inference(
         config.model, FLAGS.trained_checkpoint, FLAGS.input_path, FLAGS.output_dir,
-        input_shape=exporter.parse_shape(FLAGS.input_shape, '--input_shape', (3,)),
-        pad_to_shape=exporter.parse_shape(FLAGS.pad_to_shape, '--pad_to_shape', (2,)),
+        input_shape=inference_graph.parse_shape(FLAGS.input_shape, '--input_shape', (3,)),
+        pad_to_shape=inference_graph.parse_shape(FLAGS.pad_to_shape, '--pad_to_shape', (2,)),
         label_ids=FLAGS.label_ids, write_overlay=FLAGS.overlay, overlay_alpha=FLAGS.overlay_alpha,
         session_config=session_config)
   line = inference_lib.summary_line(summary)

@@ -1,6 +1,6 @@
 """Installs the PSPNet toolkit: `pip install .` (add -e for development).
 
-Installs the packages (architectures, builders, libs, protos, dataset_tools), the top-level scripts as modules,
+Installs the packages (architectures, builders, drivers, libs, protos, dataset_tools), the top-level scripts as modules,
 and console commands: pspnet-train, pspnet-train-mem-saving, pspnet-eval, pspnet-inference, pspnet-export,
 pspnet-create-cityscapes-tfrecord, pspnet-make-demo-dataset. The protos are compiled at build time; the scripts
 also run from the repository root (`python train.py ...`) as in the README.
@@ -34,7 +34,7 @@ setup(
     version='0.1.0',
     description='TF1-style training toolkit for PSPNet50 semantic segmentation on current TensorFlow',
     python_requires='>=3.9',
-    packages=['architectures', 'builders', 'libs', 'protos', 'dataset_tools'],
+    packages=['architectures', 'builders', 'drivers', 'libs', 'protos', 'dataset_tools'],
     py_modules=SCRIPTS,
     package_data={'protos': ['*.proto']},
     install_requires=_requirements(),

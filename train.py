@@ -18,10 +18,10 @@ os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
 from absl import app
 from absl import flags
 
+from drivers import trainer
 from libs import cluster
 from libs import config_util
 from libs import device_flags
-from libs import trainer
 
 FLAGS = flags.FLAGS
 
@@ -82,9 +82,19 @@ def cluster_from_flags():
   return cluster.start_server(cluster_config) if cluster_config else None
 
 
-def run(options):
+def run(options, make_step_callback=None):
+  """Loads the config, joins the cluster (if any) and trains.
+
+  Args:
+    options: trainer.TrainOptions from options_from_flags().
+    make_step_callback: None, or fn(cluster config or None) -> TrainOptions.step_callback, called once this
+      process knows its role (e.g. only the chief writes summaries).
+  """
   config = config_util.load_pipeline_config(FLAGS.config_path, FLAGS.config_override)
-  options = options._replace(cluster=cluster_from_flags())
+  cluster_config = cluster_from_flags()
+  options = options._replace(cluster=cluster_config)
+  if make_step_callback is not None:
+    options = options._replace(step_callback=make_step_callback(cluster_config))
   trainer.train(config, FLAGS.logdir, options, config_path=FLAGS.config_path)
 
 

@@ -23,6 +23,8 @@ from absl import app
 from absl import flags
 
 import train
+from libs import gradient_checkpoints
+from libs import memory
 from libs import memory_saving_gradients
 from libs.compat import tf
 
@@ -30,7 +32,7 @@ FLAGS = flags.FLAGS
 logger = tf.get_logger()
 
 AUTO_PREFIX = 'auto-'
-AUTO_VALUES = ['auto'] + [AUTO_PREFIX + mode for mode in memory_saving_gradients.MODES]
+AUTO_VALUES = ['auto'] + [AUTO_PREFIX + mode for mode in gradient_checkpoints.MODES]
 
 
 def define_flags():
@@ -39,14 +41,14 @@ def define_flags():
   flags.DEFINE_list('checkpoint_nodes', [], 'Comma-separated names of the nodes kept for the backward pass '
                     '(without clone scope), e.g. the five of README "Memory-saving training"; or one of %s.'
                     % ', '.join(AUTO_VALUES))
-  flags.DEFINE_enum('checkpoint_mode', None, list(memory_saving_gradients.MODES), 'Choose the checkpoints '
+  flags.DEFINE_enum('checkpoint_mode', None, list(gradient_checkpoints.MODES), 'Choose the checkpoints '
                     'automatically (instead of --checkpoint_nodes): memory = ~sqrt(n) cuts minimising the '
                     'estimated peak, speed = outputs of convolutions, units = residual unit outputs, collection '
                     '= the graph collection "checkpoints". Default when neither flag is given: memory.')
   flags.DEFINE_boolean('log_memory', False, 'Log peak memory (GPU allocator, CPU allocator with '
                        'TF_CPU_ALLOCATOR_USE_BFC=true, process VmHWM) and write it to TensorBoard under Memory/.')
   flags.DEFINE_integer('log_memory_every_n_steps', 0, 'Steps between memory lines after the first %d '
-                       '(0: --log_every_n_steps).' % MemoryLogger.FIRST_STEPS)
+                       '(0: --log_every_n_steps).' % memory.MemoryLogger.FIRST_STEPS)
 
 
 def checkpoints_from_flags(checkpoint_nodes, checkpoint_mode):
@@ -70,33 +72,6 @@ def checkpoints_from_flags(checkpoint_nodes, checkpoint_mode):
   return nodes or checkpoint_mode or 'memory'
 
 
-class MemoryLogger(object):
-  """Trainer step callback: logs memory_saving_gradients.memory_usage() and writes it as Memory/<name>_MiB."""
-
-  FIRST_STEPS = 3
-
-  def __init__(self, logdir, every_n_steps, write_summaries=True):
-    self._logdir = logdir
-    self._every_n_steps = max(1, every_n_steps)
-    self._write_summaries = write_summaries
-    self._calls = 0
-
-  def __call__(self, unused_session, step):
-    self._calls += 1
-    if self._calls > self.FIRST_STEPS and step % self._every_n_steps:
-      return
-    usage = memory_saving_gradients.memory_usage()
-    logger.info('Memory after step %d: %s', step,
-                ', '.join('%s %.1f MiB' % (name, value / 2.0**20) for name, value in usage.items()))
-    if self._write_summaries:
-      # The writer SummarySaverHook uses for this logdir (cached), so there is one event file.
-      writer = tf.summary.FileWriterCache.get(self._logdir)
-      writer.add_summary(tf.Summary(value=[
-          tf.Summary.Value(tag='Memory/%s_MiB' % name, simple_value=value / 2.0**20)
-          for name, value in usage.items()]), step)
-      writer.flush()
-
-
 def main(argv):
   del argv
   checkpoints = checkpoints_from_flags(FLAGS.checkpoint_nodes, FLAGS.checkpoint_mode)
@@ -104,12 +79,14 @@ def main(argv):
               checkpoints if isinstance(checkpoints, str) else ', '.join(checkpoints))
   options = train.options_from_flags(gradients_fn=memory_saving_gradients.make_gradients_fn(
       checkpoints, colocate_gradients_with_ops=True))
-  if FLAGS.log_memory:
-    cluster = getattr(options, 'cluster', None)
-    options = options._replace(step_callback=MemoryLogger(
-        FLAGS.logdir, FLAGS.log_memory_every_n_steps or FLAGS.log_every_n_steps,
-        write_summaries=cluster is None or cluster.is_chief))
-  train.run(options)
+  train.run(options, make_step_callback=make_memory_logger if FLAGS.log_memory else None)
+
+
+def make_memory_logger(cluster_config):
+  """--log_memory's step callback once this process knows its role: every worker logs its own memory, only
+  the chief writes Memory/ summaries (as for every other summary)."""
+  return memory.MemoryLogger(FLAGS.logdir, FLAGS.log_memory_every_n_steps or FLAGS.log_every_n_steps,
+                             write_summaries=cluster_config is None or cluster_config.is_chief)
 
 
 def console_main():

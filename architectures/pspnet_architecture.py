@@ -26,7 +26,8 @@ from architectures import dilated_resnet_v1
 from libs import conv_gradients
 from libs.compat import slim
 from libs.compat import tf
-from libs.preprocessor import MEAN_RGB
+from libs.image_ops import MEAN_RGB
+from libs.image_ops import resize_bilinear
 
 FEATURE_EXTRACTOR_SCOPE = 'SharedFeatureExtractor'
 PSP_MODULE_SCOPE = 'PSPModule'
@@ -34,8 +35,6 @@ LOGITS_SCOPE = 'Logits'
 AUX_HEAD_SCOPE = 'AuxHead'
 BACKBONE_SCOPE = 'resnet_v1_50'
 
-# Classification checkpoints (TF-Slim ResNet) name the backbone without our outer scope.
-CLASSIFICATION_CHECKPOINT_PREFIX = BACKBONE_SCOPE + '/'
 PSP_DEPTH = 512
 
 # The checkpoint nodes of the walkthrough's train_mem_saving.py command (../shared/seed/pspnet.md).
@@ -118,16 +117,6 @@ def _averaging_matrix(size, bins, dtype):
     start, end = (i * size) // bins, -((-(i + 1) * size) // bins)
     matrix[i, start:end] = 1.0 / (end - start)
   return tf.constant(matrix, dtype=dtype)
-
-
-def resize_bilinear(images, size):
-  """Bilinear resize with corners aligned (Caffe "interp" semantics: 90 -> 713 is an exact zoom by 8).
-
-  The result has the dtype of `images` (ResizeBilinear itself always returns float32): bfloat16 graphs stay in
-  bfloat16 (tf.cast is a no-op for float32).
-  """
-  resized = tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True)
-  return tf.cast(resized, images.dtype)
 
 
 _HALF_DTYPES = (tf.bfloat16, tf.float16)
@@ -218,9 +207,27 @@ class PSPNetArchitecture(object):
   def builds_aux_head(self):
     return self._is_training and self._use_aux_loss
 
+  @property
+  def output_stride(self):
+    return self._output_stride
+
+  @property
+  def backbone_scope(self):
+    """The scope of every backbone variable and node ('SharedFeatureExtractor'), without clone scope."""
+    return FEATURE_EXTRACTOR_SCOPE
+
+  @property
+  def num_backbone_blocks(self):
+    return len(self._num_units_per_block)
+
   def block_output_nodes(self):
     """Node names of block1 .. block4's outputs in this model's backbone (see block_output_nodes())."""
     return block_output_nodes(self._num_units_per_block)
+
+  def seed_checkpoint_nodes(self):
+    """The memory-saving checkpoint nodes of the walkthrough's train_mem_saving.py command for this model: the
+    block outputs and the pyramid module's fusion conv output (without clone scope)."""
+    return self.block_output_nodes() + ('%s/Conv_%d/Relu6' % (PSP_MODULE_SCOPE, len(self._pooling_factors)),)
 
   def preprocess(self, images):
     """Subtracts the ImageNet RGB mean the TF-Slim ResNet checkpoints expect.

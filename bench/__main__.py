@@ -1,7 +1,7 @@
 r"""Benchmarks of the toolkit: `python -m bench [SECTION ...] [--quick] [--out DIR]`.
 
-    python -m bench all                 # everything at full size (about an hour on 2 CPU cores)
-    python -m bench all --quick         # a smoke run of everything on the tiny model (about a minute)
+    python -m bench all                 # everything at full size (how long: README, "Performance")
+    python -m bench all --quick         # a smoke run of everything on the tiny model
     python -m bench inference train     # some sections
 
 Sections (each measured in fresh worker processes, see bench/common.py):
@@ -93,7 +93,7 @@ def summarize_targets(results):
           exported['%s %s %s' % (size, source, dtype)] = other['best_s'] / base['best_s']
   if fractions:
     # The issue's goal is stated against the fp32 *matmul* peak; the bench's reference is the stricter best fp32
-    # kernel of the run (the 3x3 conv, near the nominal FMA peak here): both are reported, the goal is judged on
+    # kernel of the run (the 3x3 conv on the CPU of bench/results/): both are reported, the goal is judged on
     # the matmul peak as the issue defines it.
     default_peak = (results.get('peak') or {}).get('default') or {}
     matmul = default_peak.get('fp32_matmul_gmacs_per_s')

@@ -24,7 +24,7 @@ DEFAULT_OUT = os.path.join(REPO_ROOT, 'bench', 'results')
 RESULT_MARKER = 'BENCH_RESULT '
 
 # --quick: PSPNet's structure at 1/16 of the filters and one unit per block (the tests' tiny model), so that a
-# smoke run of every benchmark takes seconds.
+# smoke run of every benchmark is quick.
 QUICK_MODEL_OVERRIDE = """
 pspnet {
   filter_scale: 0.0625
@@ -148,18 +148,18 @@ def interleaved(fns, runs, warmup=1):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Memory (libs/memory_saving_gradients.py reads the allocator and /proc).
+# Memory (libs/memory.py reads the allocator and /proc).
 
 
 def memory_usage():
   """{'CPU_BFC_Peak', 'CPU_BFC_Current', 'VmHWM', 'VmRSS', ...} in bytes (what this process can measure)."""
-  from libs import memory_saving_gradients  # pylint: disable=import-outside-toplevel
-  return memory_saving_gradients.memory_usage()
+  from libs import memory  # pylint: disable=import-outside-toplevel
+  return memory.memory_usage()
 
 
 def reset_peak_memory():
-  from libs import memory_saving_gradients  # pylint: disable=import-outside-toplevel
-  memory_saving_gradients.reset_peak_memory()
+  from libs import memory  # pylint: disable=import-outside-toplevel
+  memory.reset_peak_memory()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Evaluation throughput and the overhead of metric accumulation.
 
-The graph is libs/evaluator.build_evaluation_graph's (eval.py's): TFRecord input, the 713 config's padded
+The graph is drivers/evaluator.build_evaluation_graph's (eval.py's): TFRecord input, the 713 config's padded
 1025x2049 evaluation of 1024x2048 frames (synthetic, see bench/input_pipeline.py), softmax probabilities,
 per-image confusion matrix, loss sum and pixel count; the loop accumulates them on the host as the evaluator
 does. Random weights, restored from a checkpoint like a trained one.
@@ -27,7 +27,7 @@ QUICK = {'images': 2, 'padded': [129, 257]}
 
 def measure(spec):
   """Worker: spec {quick, records, images, padded} -> seconds per image, metric overhead."""
-  from libs import evaluator  # pylint: disable=import-outside-toplevel
+  from drivers import evaluator  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   config = common.load_pipeline_config(spec['quick'])
   reader = config.eval_input_reader.tf_record_input_reader
@@ -59,7 +59,7 @@ def measure(spec):
           start = time.perf_counter()
           result = sess.run(fetches)
           run_done = time.perf_counter()
-          # The evaluator's host-side accumulation (libs/evaluator.py, _run_pass).
+          # The evaluator's host-side accumulation (drivers/evaluator.py, _run_pass).
           confusion += result['confusion']
           loss_sum += float(result['loss_sum'])
           num_pixels += int(result['num_pixels'])

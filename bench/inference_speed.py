@@ -3,9 +3,9 @@
 One worker process per resolution:
   1. a checkpoint with random weights (batch-norm statistics and scales randomised too, so that folding them
      is not a no-op) is written to a temporary directory;
-  2. libs/exporter.export writes the frozen graph and the SavedModel from it, for each compute dtype, exactly as
+  2. drivers/exporter.export writes the frozen graph and the SavedModel from it, for each compute dtype, exactly as
      export.py does;
-  3. every variant gets its own session: the checkpoint graph (exporter.build_inference_graph + restore), the
+  3. every variant gets its own session: the checkpoint graph (inference_graph.build_inference_graph + restore), the
      frozen graph (imported GraphDef) and the SavedModel (loaded with the TF1 loader, as TF Serving does);
   4. all variants are timed interleaved on the same random uint8 image (common.interleaved), and each
      variant's predictions are compared with the fp32 checkpoint graph's (share of equal pixels).
@@ -27,7 +27,8 @@ import numpy as np
 from bench import common
 
 FULL = {'sizes': [[713, 713], [1024, 2048]], 'runs': 3, 'warmup': 1}
-# At full resolution (about 20 s a run on 2 cores): fp32 only (bf16 is compared at 713x713).
+# At full resolution (the slowest runs; times in bench/results/bench_inference.md): fp32 only (bf16 is compared at
+# 713x713).
 FULL_LARGE_RUNS = 3
 QUICK = {'sizes': [[65, 65]], 'runs': 2, 'warmup': 1}
 
@@ -56,12 +57,13 @@ REFERENCE = 'checkpoint float32'
 
 def _random_checkpoint(model_config, size, directory):
   """Writes model.ckpt of the inference graph's variables with random weights and batch-norm parameters."""
-  from libs import exporter  # pylint: disable=import-outside-toplevel
+  from drivers import inference_graph  # pylint: disable=import-outside-toplevel
   from libs.compat import slim  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   with tf.Graph().as_default():
     tf.set_random_seed(0)
-    exporter.build_inference_graph(exporter.build_inference_model(model_config), [1] + list(size) + [3], size)
+    inference_graph.build_inference_graph(inference_graph.build_inference_model(model_config),
+                                          [1] + list(size) + [3], size)
     variables = slim.get_model_variables()
     rng = np.random.RandomState(0)
     with tf.Session() as sess:
@@ -78,7 +80,9 @@ def _random_checkpoint(model_config, size, directory):
 def _session(variant, model_config, size, checkpoint, exports):
   """(session, input tensor, predictions tensor, graph) of one variant."""
   from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
-  from libs import exporter  # pylint: disable=import-outside-toplevel
+  from drivers import exporter  # pylint: disable=import-outside-toplevel
+  from drivers import inference_graph  # pylint: disable=import-outside-toplevel
+  from libs import checkpoint_utils  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   config = common.session_config(variant['intra'], variant['inter'], variant['grappler'])
   graph = tf.Graph()
@@ -87,10 +91,10 @@ def _session(variant, model_config, size, checkpoint, exports):
       model_config = type(model_config).FromString(model_config.SerializeToString())
       text_format.Merge('pspnet { feature_extractor { native_atrous_conv: %s } }'
                         % ('true' if variant['native_atrous'] else 'false'), model_config)
-      endpoints = exporter.build_inference_graph(exporter.build_inference_model(model_config),
+      endpoints = inference_graph.build_inference_graph(inference_graph.build_inference_model(model_config),
                                                  [1] + list(size) + [3], size, compute_dtype=variant['dtype'])
       sess = tf.Session(graph=graph, config=config)
-      exporter.restore_model_variables(sess, checkpoint)
+      checkpoint_utils.restore_model_variables(sess, checkpoint)
       return sess, endpoints.inputs, endpoints.predictions, graph
     export_dir = exports[(variant['dtype'], variant['fold_bn'])]
     if variant['source'] == 'frozen':
@@ -111,7 +115,8 @@ def _session(variant, model_config, size, checkpoint, exports):
 
 def measure(spec):
   """Worker: spec {quick, size [H, W], variants [...], runs, warmup} -> timings and agreement per variant."""
-  from libs import exporter  # pylint: disable=import-outside-toplevel
+  from drivers import exporter  # pylint: disable=import-outside-toplevel
+  from drivers import inference_graph  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   size = tuple(spec['size'])
   model_config = common.load_pipeline_config(spec['quick']).model
@@ -135,7 +140,8 @@ def measure(spec):
     for variant in variants:
       sessions[variant['name']] = _session(variant, model_config, size, checkpoint, exports)
     with tf.Graph().as_default() as graph:
-      exporter.build_inference_graph(exporter.build_inference_model(model_config), (1,) + size + (3,), size)
+      inference_graph.build_inference_graph(inference_graph.build_inference_model(model_config),
+                                            (1,) + size + (3,), size)
       gmacs = exporter.count_conv_macs(graph)['total'] / 1e9
     out['gmacs'] = gmacs
 

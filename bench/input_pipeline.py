@@ -2,7 +2,7 @@
 
 Records: synthetic Cityscapes-format frames (dataset_tools/make_synthetic_cityscapes.py, 1024x2048 PNGs as in
 Cityscapes) converted by the toolkit's own converter (dataset_tools/create_cityscapes_tfrecord.py). The
-pipeline is libs/trainer.build_input with the 713 config's reader and preprocessing (random scale 0.5-2.0, 713
+pipeline is drivers/trainer.build_input with the 713 config's reader and preprocessing (random scale 0.5-2.0, 713
 crop, horizontal flip), iterated without a model. Variants: the default (parallel decoding and prefetching with
 tf.data AUTOTUNE) and one decoding thread (num_batch_queue_threads: 1), for what AUTOTUNE buys.
 
@@ -36,7 +36,7 @@ def measure(spec):
   """Worker: make_records (spec['action'] == 'make_records') or time the pipeline variants."""
   if spec.get('action') == 'make_records':
     return make_records(spec)
-  from libs import trainer  # pylint: disable=import-outside-toplevel
+  from drivers import trainer  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   out = collections.OrderedDict(records=spec['records'], machine=common.machine_info(), variants={})
   for name, threads in (('default (AUTOTUNE)', 0), ('1 decoding thread', 1)):

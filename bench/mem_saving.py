@@ -1,12 +1,12 @@
 r"""Benchmark of memory-saving training (train_mem_saving.py) against plain training (train.py).
 
-    python -m bench.mem_saving                      # PSPNet50, 385x385 crops, batch 2 (several minutes on a CPU)
+    python -m bench.mem_saving                      # PSPNet50, 385x385 crops, batch 2 (bench/results/README.md)
     python -m bench.mem_saving --quick              # a 1/4-width PSPNet50 at 161x161, for a quick look
     python -m bench.mem_saving --crop 473 --batch 2 --memory_cap_gb 6 --configs plain,seed,auto-memory,auto-units
 
 For every configuration, each measurement runs in a fresh process with TF_CPU_ALLOCATOR_USE_BFC=true (so the CPU
 allocator keeps statistics): it builds the training graph with the real model, trainer and gradient code
-(libs/trainer.build_training_graph; only the input pipeline is replaced by random in-memory batches, no
+(drivers/trainer.build_training_graph; only the input pipeline is replaced by random in-memory batches, no
 TFRecords needed), runs warm-up steps, resets the peaks, runs the measured steps and reports
 
   * peak bytes of TensorFlow's CPU allocator during the measured steps (tf.config.experimental.get_memory_info),
@@ -73,8 +73,10 @@ def _measure_here(spec):
   """Builds and runs one training configuration in this process; returns the measurements."""
   from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
   from libs import config_util  # pylint: disable=import-outside-toplevel
+  from libs import gradient_checkpoints  # pylint: disable=import-outside-toplevel
+  from libs import memory  # pylint: disable=import-outside-toplevel
   from libs import memory_saving_gradients as msg  # pylint: disable=import-outside-toplevel
-  from libs import trainer  # pylint: disable=import-outside-toplevel
+  from drivers import trainer  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
 
   config = config_util.load_pipeline_config(CONFIG_PATH)
@@ -91,7 +93,7 @@ def _measure_here(spec):
   gradients_fn = None
   if checkpoints is not None:
     def gradients_fn(ys, xs):
-      chosen.extend(msg.select_checkpoints(ys, xs, checkpoints))
+      chosen.extend(gradient_checkpoints.select_checkpoints(ys, xs, checkpoints))
       return msg.gradients(ys, xs, checkpoints=checkpoints)
 
   start = time.time()
@@ -105,14 +107,14 @@ def _measure_here(spec):
       fetches = [graph.train_op, graph.total_loss]
       for _ in range(spec['warmup']):
         sess.run(fetches)
-      vmhwm_total = msg.memory_usage().get('VmHWM')
-      msg.reset_peak_memory()
+      vmhwm_total = memory.memory_usage().get('VmHWM')
+      memory.reset_peak_memory()
       times, losses = [], []
       for _ in range(spec['steps']):
         step_start = time.time()
         losses.append(float(sess.run(fetches)[1]))
         times.append(time.time() - step_start)
-      usage = msg.memory_usage()
+      usage = memory.memory_usage()
   times.sort()
   return {
       'config': spec['config'], 'batch': spec['batch'], 'crop': spec['crop'], 'quick': spec['quick'],

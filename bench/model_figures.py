@@ -1,6 +1,6 @@
 """Model figures: parameters (with and without the auxiliary head) and MACs at given resolutions.
 
-The counting is libs/exporter.py's (what export.py writes into model_figures.json): parameters of the model
+The counting is drivers/exporter.py's (what export.py writes into model_figures.json): parameters of the model
 variables without batch-norm moving statistics, MACs counted analytically over the convolutions as executed and
 cross-checked with TensorFlow's profiler (2 FLOPs per MAC). The network runs at the image size itself (no
 padding), so 1024x2048 gives PSPNet50's 1.41 TMACs.
@@ -16,7 +16,8 @@ QUICK_SIZES = [[65, 65], [129, 257]]
 def measure(spec):
   """Worker: figures of the inference graph at each size, and the training graph's parameter count."""
   from builders import model_builder  # pylint: disable=import-outside-toplevel
-  from libs import exporter  # pylint: disable=import-outside-toplevel
+  from drivers import exporter  # pylint: disable=import-outside-toplevel
+  from drivers import inference_graph  # pylint: disable=import-outside-toplevel
   from libs.compat import slim  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   config = common.load_pipeline_config(spec['quick'])
@@ -25,7 +26,7 @@ def measure(spec):
     figures = exporter.compute_figures(config.model, (height, width), (height, width))
     native = common.load_pipeline_config(spec['quick'], 'pspnet { feature_extractor { native_atrous_conv: true } }')
     with tf.Graph().as_default() as graph:
-      exporter.build_inference_graph(exporter.build_inference_model(native.model), [1, height, width, 3],
+      inference_graph.build_inference_graph(inference_graph.build_inference_model(native.model), [1, height, width, 3],
                                      (height, width))
       native_macs = exporter.count_conv_macs(graph)['total']
     out['sizes']['%dx%d' % (height, width)] = collections.OrderedDict(
@@ -36,7 +37,7 @@ def measure(spec):
     out['parameters'] = figures['parameters']
   with tf.Graph().as_default():
     model = model_builder.build(config.model, is_training=True)
-    size = 8 * exporter.output_stride(config.model) + 1
+    size = 8 * model_builder.output_stride(config.model) + 1
     model.predict(model.preprocess(tf.zeros([1, size, size, 3])))
     out['parameters_with_aux_head'] = exporter.count_parameters(slim.get_model_variables())
   return out

@@ -2,8 +2,8 @@
 
 Every other speed of `python -m bench` is also given as a fraction of the *measured fp32 peak*: the best rate of
 the fp32 kernels timed here in the same run (matmuls of several sizes and a 3x3 convolution; a multiply-accumulate,
-MAC, is 2 FLOPs). Several matmul sizes because one size can sit badly with the caches: on the 2-core EPYC of the
-README a 4096^2 fp32 matmul ran at about half the rate of a 1024^2 one, slower than PSPNet's own convolutions.
+MAC, is 2 FLOPs). Several matmul sizes because one size can sit badly with the caches and run slower than
+PSPNet's own convolutions (measured rates: README, "Performance" / bench/results/bench.md, "peak").
 Inputs are variables (not constants) so that grappler cannot fold the work away, and only one element of the
 result is fetched.
 """

@@ -3,7 +3,7 @@ r"""Overhead of synchronized batch norm across clones (issue 5).
     python -m bench.sync_bn                 # PSPNet50 at 1/4 width, 2 CPU clones x batch 2, 193x193 crops
     python -m bench.sync_bn --filter_scale 1 --crop 385 --batch_per_clone 1 --steps 5
 
-Builds the real training graph (libs/trainer.build_training_graph; only the input is replaced by random
+Builds the real training graph (drivers/trainer.build_training_graph; only the input is replaced by random
 in-memory batches) with --num_clones clones on separate CPU devices (a ConfigProto with several CPU devices, the
 way tests run clones without GPUs), once with per-clone batch norm and once with
 `batch_norm { sync_across_clones: true }`, each in a fresh process, and reports the median step time and the
@@ -30,7 +30,7 @@ def _measure_here(spec):
   from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
   from bench import mem_saving  # pylint: disable=import-outside-toplevel
   from libs import config_util  # pylint: disable=import-outside-toplevel
-  from libs import trainer  # pylint: disable=import-outside-toplevel
+  from drivers import trainer  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
 
   config = config_util.load_pipeline_config(CONFIG_PATH)

@@ -1,6 +1,6 @@
 """Training step time, images/s and peak memory: train.py-style and memory-saving training, and a crop sweep.
 
-The graph is libs/trainer.build_training_graph's (model, losses, L2, momentum optimizer, batch-norm updates,
+The graph is drivers/trainer.build_training_graph's (model, losses, L2, momentum optimizer, batch-norm updates,
 summaries), run step by step in a plain session. Input is either
   * in memory: one random batch held as a constant and repeated by tf.data (no decoding), or
   * records: the trainer's own tf.data pipeline on TFRecords of synthetic 1024x2048 Cityscapes-format frames
@@ -52,7 +52,7 @@ def _variant(name, input_mode='memory', gradients=None, **speed):
 @contextlib.contextmanager
 def _in_memory_input(crop, seed=0):
   """Replaces trainer.build_input (while building) with one random batch repeated from memory."""
-  from libs import trainer  # pylint: disable=import-outside-toplevel
+  from drivers import trainer  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   from libs.standard_fields import InputDataFields as fields  # pylint: disable=import-outside-toplevel
 
@@ -100,7 +100,7 @@ def _gradients_fn(name):
 
 def _build(spec, variant):
   """(session, fetches, forward GMACs per step) of one variant in its own graph."""
-  from libs import trainer  # pylint: disable=import-outside-toplevel
+  from drivers import trainer  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   config = _pipeline_config(spec, variant)
   graph = tf.Graph()
@@ -129,7 +129,7 @@ class _OpsView(object):
 
 def _forward_macs(ops):
   """MACs of the forward convolutions (exporter.count_conv_macs over the ops outside the gradients)."""
-  from libs import exporter  # pylint: disable=import-outside-toplevel
+  from drivers import exporter  # pylint: disable=import-outside-toplevel
   return exporter.count_conv_macs(_OpsView(ops))['total']
 
 

@@ -14,11 +14,9 @@ instead of surfacing later as an out-of-range class in the loss.
 """
 import inspect
 
-from libs import preprocessor
 from libs.compat import tf
 from libs.config_errors import ConfigError
 from libs.config_errors import require_oneof
-from libs.config_errors import require_positive_int
 from libs.standard_fields import InputDataFields
 from libs.standard_fields import TfExampleFields
 
@@ -149,7 +147,7 @@ def build(input_reader_config, batch_size, num_classes, ignore_label=255, prepro
     ignore_label: the label value of ignored pixels (0..255).
     preprocess_fn: None, or a function (image, label) -> (image, label) on one example (image float32
       [H, W, 3] in [0, 255], label uint8 [H, W, 1]), e.g. from preprocessor_builder.build() or
-      build_eval_preprocess_fn(). When it takes a `filename` keyword argument it also receives the record's
+      eval_input_builder.build()'s. When it takes a `filename` keyword argument it also receives the record's
       filename (string scalar), so that its run-time checks can name the record.
     field_path: dotted path of input_reader_config, for error messages.
     num_parallel_calls: parallel decode/preprocess calls when the config's num_parallel_calls is 0;
@@ -225,62 +223,3 @@ def _check_batchable(dataset, batch_size):
           'batch_size = %d needs every example to have the same size, but after preprocessing the %r '
           'shape is %s. Add a random_image_crop (or resize_image) preprocessing step after any '
           'random_image_scale, or use batch size 1.' % (batch_size, key, shape))
-
-
-def build_eval_preprocess_fn(eval_config, ignore_label=255, field_path='eval_config'):
-  """Builds the evaluation preprocess_fn for build() from eval_config.eval_input_type.
-
-  padded_eval_input: pads image (MEAN_RGB) and label (ignore_label) at the bottom/right to height x width;
-    an image larger than that raises tf.errors.InvalidArgumentError at run time naming the record and
-    both sizes.
-  cropped_eval_input: the central height x width window, padded as above where the image is smaller.
-  unset: the identity (full-size images of varying size, so batch size 1).
-
-  Args:
-    eval_config: EvalConfig message.
-    ignore_label: label value of the padding.
-    field_path: dotted path of eval_config, for error messages.
-
-  Returns:
-    A function (image, label, filename=None) -> (image, label): image float32 [H, W, 3], label uint8
-    [H, W, 1]; with padding or cropping the output has the static shape [height, width, C].
-
-  Raises:
-    ConfigError: eval_input_type set with no oneof field, or a height/width unset or <= 0.
-  """
-  if not eval_config.HasField('eval_input_type'):
-    def identity(image, label, filename=None):
-      del filename  # Nothing to check.
-      return image, label
-    return identity
-
-  type_path = field_path + '.eval_input_type'
-  which = require_oneof(eval_config.eval_input_type, 'eval_input_type_oneof', type_path)
-  input_config = getattr(eval_config.eval_input_type, which)
-  height = require_positive_int(input_config, 'height', '%s.%s' % (type_path, which))
-  width = require_positive_int(input_config, 'width', '%s.%s' % (type_path, which))
-
-  if which == 'cropped_eval_input':
-    def central_crop(image, label, filename=None):
-      del filename  # Any size can be cropped or padded.
-      return preprocessor.central_crop_or_pad(image, label, height, width, ignore_label)
-    return central_crop
-
-  def pad(image, label, filename=None):
-    if filename is None:
-      filename = tf.constant('<unknown record>')
-    size = tf.shape(image)[:2]
-    # Padding cannot shrink an image; cropping it silently would evaluate on part of the frame only.
-    fits = tf.debugging.Assert(
-        tf.logical_and(size[0] <= height, size[1] <= width),
-        ['Image of record', filename, 'is larger than %s.height x width = %d x %d; (h, w) =' %
-         (type_path + '.padded_eval_input', height, width), size])
-    with tf.control_dependencies([fits]):
-      image = tf.identity(image)
-    image, label = preprocessor.pad_to_size(image, label, height, width, ignore_label)
-    # The assertion above makes the padded size exactly height x width.
-    image.set_shape([height, width, image.shape[2]])
-    label.set_shape([height, width, label.shape[2]])
-    return image, label
-
-  return pad

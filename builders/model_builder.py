@@ -80,13 +80,35 @@ def build(config, is_training, field_path='model'):
   return _MODEL_BUILDERS[which](getattr(config, which), is_training, field_path + '.' + which)
 
 
+def _model_fields(config):
+  """The set message of the model oneof (model.pspnet, ...): the one place that reads it outside build()."""
+  return getattr(config, require_oneof(config, 'model', 'model'))
+
+
 def num_classes(config):
   """The class count of a Model config."""
-  which = require_oneof(config, 'model', 'model')
-  return getattr(config, which).num_classes
+  return _model_fields(config).num_classes
 
 
 def ignore_label(config):
   """The ignore label of a Model config."""
-  which = require_oneof(config, 'model', 'model')
-  return getattr(config, which).loss.ignore_label
+  return _model_fields(config).loss.ignore_label
+
+
+def output_stride(config):
+  """The backbone output stride of a Model config (8 unless set)."""
+  return _model_fields(config).feature_extractor.output_stride
+
+
+def sync_batch_norm(config):
+  """Whether the model's batch norms synchronise their moments across clones (hyperparams.batch_norm)."""
+  return bool(_model_fields(config).hyperparams.batch_norm.sync_across_clones)
+
+
+def without_regularizer(config):
+  """A copy of a Model config without the weight regularizer: the variables are the same, an inference graph
+  gets no L2 ops."""
+  copy = model_pb2.Model()
+  copy.CopyFrom(config)
+  _model_fields(copy).hyperparams.ClearField('regularizer')
+  return copy

@@ -9,7 +9,7 @@ Input: the official Cityscapes layout (https://www.cityscapes-dataset.com, as un
 
 ``labelTrainIds`` files are not in the download; cityscapesScripts' ``createTrainIdLabelImgs.py`` makes them.
 When one is absent, the train ids are derived from ``labelIds`` with the official table
-(dataset_tools/cityscapes_labels.py), which gives the same result.
+(libs/cityscapes_labels.py), which gives the same result.
 
 Images and labels are paired by frame name (``<city>_<seq>_<frame>``), never by position in a listing, so
 stray files cannot shift the pairs. Files that are not images or fine label maps (``*_color.png``,
@@ -52,7 +52,7 @@ if __package__ in (None, ''):
 import numpy as np
 from PIL import Image
 
-from dataset_tools import cityscapes_labels
+from libs import cityscapes_labels
 from libs.compat import tf
 from libs.standard_fields import TfExampleFields
 

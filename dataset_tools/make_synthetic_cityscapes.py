@@ -36,7 +36,7 @@ if __package__ in (None, ''):
 import numpy as np
 from PIL import Image
 
-from dataset_tools import cityscapes_labels
+from libs import cityscapes_labels
 
 CITIES = {'train': 'synthcity', 'val': 'synthtown'}
 MIN_SIZE = 32  # below this the scene's regions (a few rows each) degenerate

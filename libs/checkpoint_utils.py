@@ -1,4 +1,9 @@
-"""Checkpoint initialisation with every decision logged.
+"""Checkpoint files: finding, listing and restoring them, with every decision logged.
+
+Training directories (list_checkpoints, checkpoint_step): tf.train.Saver writes `model.ckpt-<step>.index` /
+`.data-*` and then rewrites the `checkpoint` state file; the evaluator reads them while the trainer writes.
+
+Initialisation of training:
 
 Three cases, checked in this order by the trainer (DeepLab's pattern, which never crashes when training from
 scratch and never silently ignores a checkpoint the user asked for):
@@ -9,11 +14,16 @@ scratch and never silently ignores a checkpoint the user asked for):
    a configured checkpoint that does not exist is an error;
 3. neither -> random initialisation, logged.
 """
+import glob
 import os
+import re
 
+from libs.compat import slim
 from libs.compat import tf
 
 logger = tf.get_logger()
+
+_STEP_PATTERN = re.compile(r'-(\d+)$')
 
 
 def resolve_checkpoint(path, field='train_config.fine_tune_checkpoint'):
@@ -98,3 +108,79 @@ def build_fine_tune_init(model, checkpoint_path, checkpoint_type):
                 checkpoint_type)
 
   return init_fn
+
+
+def checked_restore_map(checkpoint_path, flag='--trained_checkpoint'):
+  """{name: variable} of every model variable of the default graph, after checking the checkpoint has them all.
+
+  Raises:
+    ValueError: if the checkpoint lacks a model variable or holds it with another shape (a checkpoint of a
+      different config).
+  """
+  var_map = {v.op.name: v for v in slim.get_model_variables()}
+  restorable, missing, mismatched = filter_restore_map(var_map, checkpoint_path, log=False)
+  if missing or mismatched:
+    problems = ['not in checkpoint: %s' % name for name in missing[:5]] + mismatched[:5]
+    raise ValueError('%s = %r does not fit the model of the config: %d of %d model variables missing, %d with '
+                     'another shape (e.g. %s)' % (flag, checkpoint_path, len(missing), len(var_map),
+                                                  len(mismatched), '; '.join(problems)))
+  return restorable
+
+
+def restore_model_variables(sess, checkpoint_path, flag='--trained_checkpoint'):
+  """Restores every model variable of the default graph from a checkpoint (checked_restore_map).
+
+  Returns:
+    The number of variables restored.
+  """
+  restorable = checked_restore_map(checkpoint_path, flag)
+  tf.train.Saver(restorable, name='restore_model').restore(sess, checkpoint_path)
+  return len(restorable)
+
+
+def checkpoint_step(path):
+  """The global step in a checkpoint name ('.../model.ckpt-1000' -> 1000), or None."""
+  match = _STEP_PATTERN.search(os.path.basename(path))
+  return int(match.group(1)) if match else None
+
+
+def checkpoint_exists(path):
+  """Whether the index file of a (V2) checkpoint prefix is there."""
+  return tf.io.gfile.exists(path + '.index')
+
+
+def list_checkpoints(train_dir):
+  """The checkpoints of a training directory.
+
+  A checkpoint is ready when the `checkpoint` state file (which tf.train.Saver rewrites, atomically, after the
+  checkpoint's files are complete) names it or a later one; a newer .index file may still be being written.
+  Without a state file every checkpoint found is taken as ready.
+
+  Args:
+    train_dir: the trainer's --logdir.
+
+  Returns:
+    (ready, pending): lists of (global step, checkpoint prefix in train_dir), sorted by step.
+  """
+  found = {}
+  for index_file in glob.glob(os.path.join(glob.escape(train_dir), '*.index')):
+    prefix = index_file[:-len('.index')]
+    step = checkpoint_step(prefix)
+    if step is not None:
+      found[step] = prefix
+  try:
+    state = tf.train.get_checkpoint_state(train_dir)
+  except (tf.errors.OpError, ValueError):  # Unreadable (e.g. replaced under us): treat as absent.
+    state = None
+  latest_step = None
+  if state is not None:
+    for path in list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]:
+      step = checkpoint_step(path)
+      if step is not None:
+        # The trainer saves into its own directory; the state file may hold absolute paths of another machine.
+        found.setdefault(step, os.path.join(train_dir, os.path.basename(path)))
+        latest_step = step if latest_step is None else max(latest_step, step)
+  ordered = sorted(found.items())
+  if state is None:
+    return ordered, []
+  return ([c for c in ordered if c[0] <= latest_step], [c for c in ordered if c[0] > latest_step])

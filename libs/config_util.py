@@ -92,14 +92,3 @@ def save_pipeline_config(config, directory, name=PIPELINE_CONFIG_NAME):
   path = os.path.join(directory, name)
   atomic_write(path, config_to_text(config))
   return path
-
-
-def require_fields(config, config_path, fields):
-  """Raises ConfigError (naming the file) for the first of `fields` (dotted paths) that is not set."""
-  for field in fields:
-    message = config
-    parts = field.split('.')
-    for part in parts[:-1]:
-      message = getattr(message, part)
-    if not message.HasField(parts[-1]):
-      raise ConfigError(field, None, 'must be set', config_path)

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from dataset_tools import cityscapes_labels
+from libs import cityscapes_labels
 from libs import config_util
 from libs.compat import tf
 

@@ -12,11 +12,8 @@ sampling, never interpolated, and padded with the ignore label so that padding n
 All ops are graph-mode TensorFlow; sizes may be dynamic, and functions that fix the output size also fix
 the static shape so that examples can be batched.
 """
+from libs import image_ops
 from libs.compat import tf
-
-# ImageNet RGB channel means of the TF-Slim ResNet/VGG preprocessing. The model subtracts them from the
-# image, so padding the image with them pads with zeros in the network's input space.
-MEAN_RGB = (123.68, 116.779, 103.939)
 
 
 def _resize_pair(image, label, size):
@@ -96,30 +93,12 @@ def pad_to_size(image, label, height, width, ignore_label):
     label: uint8 [max(H, height), max(W, width), 1], padded with ignore_label.
   """
   with tf.name_scope('pad_to_size'):
+    padded_image = image_ops.pad_with_mean(image, height, width)
     shape = tf.shape(image)
-    pad_bottom = tf.maximum(height - shape[0], 0)
-    pad_right = tf.maximum(width - shape[1], 0)
-    paddings_2d = [[0, pad_bottom], [0, pad_right]]
-    # Padding each channel with its own mean is exact, whereas (image - mean) -> pad 0 -> + mean would
-    # perturb the real pixels by float32 rounding.
-    channels = [
-        tf.pad(image[:, :, c], paddings_2d, constant_values=MEAN_RGB[c]) for c in range(len(MEAN_RGB))
-    ]
-    padded_image = tf.stack(channels, axis=2)
-    padded_label = tf.pad(label, paddings_2d + [[0, 0]],
-                          constant_values=tf.constant(ignore_label, dtype=label.dtype))
-    static_height = _static_padded_dim(image.shape[0], height)
-    static_width = _static_padded_dim(image.shape[1], width)
-    padded_image.set_shape([static_height, static_width, image.shape[2]])
-    padded_label.set_shape([static_height, static_width, label.shape[2]])
+    paddings = [[0, tf.maximum(height - shape[0], 0)], [0, tf.maximum(width - shape[1], 0)], [0, 0]]
+    padded_label = tf.pad(label, paddings, constant_values=tf.constant(ignore_label, dtype=label.dtype))
+    padded_label.set_shape(padded_image.shape[:2].concatenate(label.shape[2:]))
     return padded_image, padded_label
-
-
-def _static_padded_dim(dim, minimum):
-  """The static size of max(dim, minimum), or None when either is unknown at graph-building time."""
-  if dim is None or not isinstance(minimum, int):
-    return None
-  return max(dim, minimum)
 
 
 def random_image_crop(image, label, crop_height, crop_width, ignore_label, seed=None):

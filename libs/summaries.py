@@ -6,8 +6,7 @@
 """
 import numpy as np
 
-from builders import model_builder
-from dataset_tools import cityscapes_labels
+from libs import cityscapes_labels
 from libs.compat import tf
 from libs.standard_fields import InputDataFields as fields
 
@@ -50,7 +49,7 @@ def _image_triplet(prefix, images, labels, predictions, num_classes, ignore_labe
 
 
 def training_summaries(total_loss, losses, learning_rate, batch, predictions, model, image_summaries,
-                       test_image_summaries, model_config):
+                       test_model=None):
   """Builds the merged training summary op.
 
   Args:
@@ -61,9 +60,8 @@ def training_summaries(total_loss, losses, learning_rate, batch, predictions, mo
     predictions: the first clone's model.predict() output.
     model: the first clone's model object.
     image_summaries: add input / ground truth / prediction images of the training batch.
-    test_image_summaries: add the same for the model in inference mode (reusing the weights) on the first
-      image of the batch.
-    model_config: model_pb2.Model, to build the inference-mode model.
+    test_model: None, or the model object in inference mode: add the same images for it (reusing the
+      training weights) on the first image of the batch.
 
   Returns:
     A merged summary op.
@@ -78,9 +76,8 @@ def training_summaries(total_loss, losses, learning_rate, batch, predictions, mo
     with tf.name_scope('ImageSummaries'):
       prediction = model.postprocess(predictions, size)['predictions']
     ops += _image_triplet('Images', images, labels, prediction, model.num_classes, model.ignore_label)
-  if test_image_summaries:
+  if test_model is not None:
     with tf.name_scope('TestImageSummaries'):
-      test_model = model_builder.build(model_config, is_training=False)
       first_image, first_label = images[:1], labels[:1]
       with tf.variable_scope(tf.get_variable_scope(), reuse=True):
         test_predictions = test_model.predict(test_model.preprocess(first_image), reuse=True)

@@ -56,6 +56,20 @@ eval_input_reader {
 """
 
 
+def tiny_model_config(num_classes=19, extra=''):
+  """The tiny PSPNet of TINY_MODEL as a model_pb2.Model, with an optional text-format fragment of a Model
+  (e.g. 'pspnet { pooling_factors: [1, 3] }') merged on top."""
+  from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
+  from protos import model_pb2  # pylint: disable=import-outside-toplevel
+  from protos import pipeline_pb2  # pylint: disable=import-outside-toplevel
+  pipeline = text_format.Parse(TINY_MODEL % {'num_classes': num_classes}, pipeline_pb2.PipelineConfig())
+  config = model_pb2.Model()
+  config.CopyFrom(pipeline.model)
+  if extra:
+    text_format.Merge(extra, config)
+  return config
+
+
 def tiny_pipeline(records, extra='', **kwargs):
   """The tiny pipeline config over cityscapes_records, with an optional text-format fragment merged on top."""
   from google.protobuf import text_format  # pylint: disable=import-outside-toplevel

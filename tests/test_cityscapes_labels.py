@@ -1,11 +1,12 @@
-"""Tests of dataset_tools/cityscapes_labels.py: the official table and the id conversions."""
+"""Tests of libs/cityscapes_labels.py: the official table and the id conversions."""
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_tools import cityscapes_labels as labels
+from libs import cityscapes_labels as labels
+from libs import summaries
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cityscapes_sample')
@@ -32,13 +33,12 @@ def test_table_has_all_official_labels():
 
 
 def test_train_classes_in_order():
-  assert labels.NUM_TRAIN_CLASSES == 19
-  assert labels.IGNORE_TRAIN_ID == 255
   assert labels.TRAIN_CLASS_NAMES == (
       'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
       'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle')
   train_ids = sorted(l.train_id for l in labels.LABELS if 0 <= l.train_id < 255)
   assert train_ids == list(range(19))
+  assert labels.NUM_TRAIN_CLASSES == len(train_ids)  # the count of the table's train ids
 
 
 def test_palette():
@@ -95,14 +95,14 @@ def test_train_ids_to_label_ids_rejects_non_train_ids():
     labels.train_ids_to_label_ids(np.array([0, 19, 200, 255]))
 
 
-def test_colorize_train_ids():
-  colors = labels.colorize_train_ids(np.array([[0, 255], [13, 10]], dtype=np.uint8))
+def test_result_images_use_the_official_colours():
+  # inference.py's *_color.png: palette[train ids], the ignore label black.
+  palette = summaries.class_palette(labels.NUM_TRAIN_CLASSES, labels.IGNORE_TRAIN_ID)
+  colors = palette[np.array([[0, 255], [13, 10]], dtype=np.uint8)]
   assert colors.shape == (2, 2, 3) and colors.dtype == np.uint8
   assert tuple(colors[0, 0]) == (128, 64, 128)
   assert tuple(colors[0, 1]) == (0, 0, 0)
   assert tuple(colors[1, 0]) == (0, 0, 142)
-  with pytest.raises(ValueError, match='2-D'):
-    labels.colorize_train_ids(np.zeros([2, 2, 1], dtype=np.uint8))
 
 
 def _near_boundary(label_ids, radius):

@@ -389,23 +389,3 @@ def test_naming_config_file_with_a_builder_error(tmp_path):
     with config_util.naming_config_file(path):
       model_builder.build(config.model, is_training=True)
   assert str(info.value).startswith(path + ': model.pspnet.hyperparams.batch_norm.decay = 1.5')
-
-
-def test_require_fields():
-  config = config_util.load_pipeline_config(PSPNET_CONFIG)
-  config_util.require_fields(config, PSPNET_CONFIG, [
-      'model', 'train_config', 'train_config.optimizer', 'train_config.fine_tune_checkpoint',
-      'eval_config.eval_input_type.padded_eval_input', 'eval_input_reader'])
-  partial = config_util.parse_pipeline_config('model { pspnet { num_classes: 3 } } train_config { }')
-  with pytest.raises(ConfigError) as info:
-    config_util.require_fields(partial, 'partial.config', ['model', 'train_config', 'eval_config'])
-  assert info.value.field == 'eval_config'
-  assert str(info.value) == 'partial.config: eval_config = None: must be set'
-  # The first missing field is reported, also inside a message that is itself unset.
-  with pytest.raises(ConfigError) as info:
-    config_util.require_fields(partial, 'partial.config',
-                               ['model.pspnet.num_classes', 'train_config.optimizer', 'eval_config'])
-  assert info.value.field == 'train_config.optimizer'
-  with pytest.raises(ConfigError, match=r'train_input_reader\.tf_record_input_reader = None'):
-    config_util.require_fields(partial, 'partial.config', ['train_input_reader.tf_record_input_reader'])
-  assert not partial.HasField('train_input_reader')  # checking did not set it

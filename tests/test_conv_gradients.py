@@ -1,9 +1,12 @@
-"""libs/conv_gradients: the low-memory convolution gradients equal TensorFlow's, and leave the forward graph alone."""
+"""libs/conv_gradients: the low-memory convolution gradients equal TensorFlow's, and leave the forward graph alone;
+in the model (pspnet.low_memory_conv_gradients) they replace the gradients of exactly the two wide convs."""
 import numpy as np
 import pytest
 
 from libs import conv_gradients
 from libs.compat import tf
+from tests.conftest import tiny_model_config
+from tests.testing_utils import training_graph_outputs
 
 
 def _gradients(x_shape, k_shape, padding, low_memory, strides=(1, 1, 1, 1)):
@@ -78,3 +81,29 @@ def test_filter_gradient_of_a_channel_concat_reads_the_parts_not_the_concat(padd
     assert bool(readers) == (not low_memory), readers  # TensorFlow's filter gradient reads the concat
   for ours, theirs in zip(results[True], results[False]):
     np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def _model_outputs(low_memory_conv_gradients):
+  config = tiny_model_config(num_classes=5)
+  config.pspnet.low_memory_conv_gradients = low_memory_conv_gradients
+  return training_graph_outputs(config)
+
+
+def test_low_memory_conv_gradients_only_change_the_two_wide_convs_gradients():
+  plain = _model_outputs(False)
+  low = _model_outputs(True)
+  # The forward graph (names and types), the variables and the forward values are untouched.
+  assert low['forward'] == plain['forward']
+  assert low['variables'] == plain['variables']
+  # TensorFlow's im2col backprop kernels are gone for exactly the PSP fusion conv and the aux head conv.
+  gone = sorted(set(plain['backprop']) - set(low['backprop']))
+  assert gone == ['gradients/AuxHead/Conv/Conv2D_grad/Conv2DBackpropFilter',
+                  'gradients/AuxHead/Conv/Conv2D_grad/Conv2DBackpropInput',
+                  'gradients/PSPModule/Conv_4/Conv2D_grad/Conv2DBackpropFilter',
+                  'gradients/PSPModule/Conv_4/Conv2D_grad/Conv2DBackpropInput'], gone
+  assert set(low['backprop']) < set(plain['backprop'])
+  np.testing.assert_array_equal(low['values'][0], plain['values'][0])
+  np.testing.assert_array_equal(low['values'][1], plain['values'][1])
+  # Gradients: equal up to float32 re-association.
+  for a, b in zip(plain['values'][2:], low['values'][2:]):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(a).max())))

@@ -5,11 +5,9 @@ from google.protobuf import text_format
 
 from builders import dataset_builder
 from builders import preprocessor_builder
-from libs import preprocessor
 from libs.compat import tf
 from libs.config_errors import ConfigError
 from libs.standard_fields import InputDataFields as fields
-from protos import eval_pb2
 from protos import input_reader_pb2
 from protos import train_pb2
 from tests import testing_utils
@@ -226,92 +224,6 @@ def test_batch_without_fixed_size_gives_clear_error(tmp_path):
     with tf.Graph().as_default():
       with pytest.raises(ValueError, match='random_image_crop'):
         dataset_builder.build(reader, batch_size=2, num_classes=NUM_CLASSES, preprocess_fn=preprocess_fn)
-
-
-def _eval_config(text):
-  return text_format.Parse(text, eval_pb2.EvalConfig())
-
-
-def test_padded_eval_input_pads_image_and_label(tmp_path):
-  expected = _write(tmp_path / 'a.record', ['a0', 'a1'], height=6, width=7)
-  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
-  preprocess_fn = dataset_builder.build_eval_preprocess_fn(
-      _eval_config('eval_input_type { padded_eval_input { height: 8 width: 9 } }'), ignore_label=255)
-
-  batches, spec = _read(lambda: dataset_builder.build(
-      reader, batch_size=2, num_classes=NUM_CLASSES, preprocess_fn=preprocess_fn))
-
-  assert spec[fields.image].shape.as_list() == [2, 8, 9, 3]
-  [batch] = batches
-  for i, name in enumerate(_filenames(batches)):
-    image, label = expected[name]
-    np.testing.assert_array_equal(batch[fields.image][i, :6, :7], image.astype(np.float32))
-    np.testing.assert_array_equal(batch[fields.labels_class][i, :6, :7, 0], label)
-    assert (batch[fields.labels_class][i, 6:] == 255).all()
-    assert (batch[fields.labels_class][i, :, 7:] == 255).all()
-    np.testing.assert_allclose(batch[fields.image][i, 6:, :], np.broadcast_to(
-        np.array(preprocessor.MEAN_RGB, np.float32), (2, 9, 3)))
-  np.testing.assert_array_equal(batch[fields.original_height], [6, 6])
-  np.testing.assert_array_equal(batch[fields.original_width], [7, 7])
-
-
-def test_padded_eval_input_rejects_oversized_image(tmp_path):
-  _write(tmp_path / 'a.record', ['too_big_frame.png'], height=6, width=10)
-  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
-  preprocess_fn = dataset_builder.build_eval_preprocess_fn(
-      _eval_config('eval_input_type { padded_eval_input { height: 8 width: 9 } }'), ignore_label=255)
-
-  with pytest.raises(tf.errors.InvalidArgumentError) as error:
-    _read(lambda: dataset_builder.build(
-        reader, batch_size=1, num_classes=NUM_CLASSES, preprocess_fn=preprocess_fn))
-
-  message = error.value.message
-  assert 'too_big_frame.png' in message
-  assert '8 x 9' in message
-  assert '[6 10]' in message
-
-
-def test_cropped_eval_input_crops_centre_and_pads(tmp_path):
-  expected = _write(tmp_path / 'a.record', ['a0'], height=6, width=7)
-  reader = _reader([str(tmp_path / 'a.record')], 'shuffle: false num_epochs: 1')
-  preprocess_fn = dataset_builder.build_eval_preprocess_fn(
-      _eval_config('eval_input_type { cropped_eval_input { height: 4 width: 9 } }'), ignore_label=255)
-
-  batches, spec = _read(lambda: dataset_builder.build(
-      reader, batch_size=1, num_classes=NUM_CLASSES, preprocess_fn=preprocess_fn))
-
-  assert spec[fields.labels_class].shape.as_list() == [1, 4, 9, 1]
-  label = batches[0][fields.labels_class][0, :, :, 0]
-  np.testing.assert_array_equal(label[:, :7], expected['a0'][1][1:5])
-  assert (label[:, 7:] == 255).all()
-
-
-def test_unset_eval_input_type_is_identity(tmp_path):
-  _write(tmp_path / 'a.record', ['a0'], height=6, width=7)
-  _write(tmp_path / 'b.record', ['b0'], height=3, width=5)
-  reader = _reader([str(tmp_path / '*.record')], 'shuffle: false num_epochs: 1')
-  preprocess_fn = dataset_builder.build_eval_preprocess_fn(_eval_config('num_examples: 2'), 255)
-
-  batches, _ = _read(lambda: dataset_builder.build(
-      reader, batch_size=1, num_classes=NUM_CLASSES, preprocess_fn=preprocess_fn))
-
-  assert [b[fields.image].shape for b in batches] == [(1, 6, 7, 3), (1, 3, 5, 3)]
-
-
-@pytest.mark.parametrize('text,field,value', [
-    ('eval_input_type { }', 'eval_config.eval_input_type', None),
-    ('eval_input_type { padded_eval_input { width: 9 } }',
-     'eval_config.eval_input_type.padded_eval_input.height', None),
-    ('eval_input_type { padded_eval_input { height: 8 width: 0 } }',
-     'eval_config.eval_input_type.padded_eval_input.width', 0),
-    ('eval_input_type { cropped_eval_input { height: -1 width: 3 } }',
-     'eval_config.eval_input_type.cropped_eval_input.height', -1),
-])
-def test_invalid_eval_input_type(text, field, value):
-  with pytest.raises(ConfigError) as error:
-    dataset_builder.build_eval_preprocess_fn(_eval_config(text), 255)
-  assert error.value.field == field
-  assert error.value.value == value
 
 
 @pytest.mark.parametrize('drop_remainder,sizes', [(True, [2]), (False, [2, 1])])

@@ -14,20 +14,23 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from builders import dataset_builder
+from builders import eval_input_builder
 from builders import model_builder
-from libs import config_util
-from libs import evaluator
+from drivers import eval_results
+from drivers import evaluator
+from drivers import inference_graph
+from drivers import trainer
+from libs import checkpoint_utils
 from libs import metrics
-from libs import trainer
 from libs.compat import tf
 from libs.config_errors import ConfigError
 from libs.standard_fields import InputDataFields as fields
-from tests.conftest import REPO_ROOT
 from tests.conftest import fast_session_config
+from tests.conftest import REPO_ROOT
 from tests.conftest import tiny_pipeline
 from tests.conftest import tiny_pipeline_text
 
-PADDED = evaluator.EvalSpec('padded_eval_input', (65, 129), None, (1.0,), False)
+PADDED = eval_input_builder.EvalSpec('padded_eval_input', (65, 129), None, (1.0,), False)
 
 
 def _pipeline(records, extra='', **kwargs):
@@ -49,7 +52,7 @@ def trained(cityscapes_records, tmp_path_factory):
   trainer.train(_pipeline(cityscapes_records, num_steps=2), logdir,
                 trainer.default_options(session_config=fast_session_config(), save_interval_secs=0))
   trained_dir = _copy_train_dir(logdir, str(root / 'checkpoints_1_2'), [1, 2])
-  assert [s for s, _ in evaluator.list_checkpoints(trained_dir)[0]] == [1, 2]
+  assert [s for s, _ in checkpoint_utils.list_checkpoints(trained_dir)[0]] == [1, 2]
   return trained_dir
 
 
@@ -74,31 +77,22 @@ def _steps(results):
   return [r['global_step'] for r in results]
 
 
+@pytest.fixture
+def checkpoint_reads(monkeypatch):
+  """Names of the checkpoints the evaluator tries to read, in order, one per attempt (an attempt starts by
+  reading the checkpoint's variable index)."""
+  reads = []
+  read = checkpoint_utils.filter_restore_map
+
+  def recording_read(var_map, path, *args, **kwargs):
+    reads.append(os.path.basename(path))
+    return read(var_map, path, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint_utils, 'filter_restore_map', recording_read)
+  return reads
+
+
 # Configuration.
-
-@pytest.mark.parametrize('extra,field,value', [
-    ('eval_config { eval_input_type { sliding_window_eval_input { crop_width: 9 stride_height: 3 '
-     'stride_width: 3 } } }', 'eval_config.eval_input_type.sliding_window_eval_input.crop_height', None),
-    ('eval_config { eval_input_type { sliding_window_eval_input { crop_height: 9 crop_width: 0 } } }',
-     'eval_config.eval_input_type.sliding_window_eval_input.crop_width', 0),
-    ('eval_config { eval_input_type { sliding_window_eval_input { crop_height: 9 crop_width: 9 stride_height: 10 '
-     'stride_width: 3 } } }', 'eval_config.eval_input_type.sliding_window_eval_input.stride_height', 10),
-    ('eval_config { eval_input_type { sliding_window_eval_input { crop_height: 9 crop_width: 9 stride_height: 3 '
-     '} } }', 'eval_config.eval_input_type.sliding_window_eval_input.stride_width', None),
-    ('eval_config { eval_input_type { sliding_window_eval_input { crop_height: 9 crop_width: 9 stride_height: 3 '
-     'stride_width: 3 batch_size: 0 } } }', 'eval_config.eval_input_type.sliding_window_eval_input.batch_size', 0),
-    ('eval_config { eval_scales: [1.0, 0.0] }', 'eval_config.eval_scales[1]', 0.0),
-    ('eval_config { eval_scales: [1.0, 5.0] }', 'eval_config.eval_scales[1]', 5.0),
-    ('eval_config { eval_scales: [0.5, 0.5] }', 'eval_config.eval_scales', [0.5, 0.5]),
-    ('eval_config { eval_input_type { padded_eval_input { height: 0 width: 3 } } }',
-     'eval_config.eval_input_type.padded_eval_input.height', 0),
-])
-def test_invalid_eval_config_names_field_and_value(cityscapes_records, extra, field, value):
-  with pytest.raises(ConfigError) as error:
-    evaluator.validate_eval_config(_pipeline(cityscapes_records, extra=extra))
-  assert error.value.field == field
-  assert error.value.value == value or (value is None and error.value.value is None)
-
 
 def test_unset_eval_input_type_and_reader_are_errors_naming_the_file(cityscapes_records, tmp_path):
   config = _pipeline(cityscapes_records)
@@ -113,15 +107,6 @@ def test_unset_eval_input_type_and_reader_are_errors_naming_the_file(cityscapes_
   config.ClearField('eval_input_reader')
   with pytest.raises(ConfigError, match='eval_input_reader = None: must be set'):
     evaluator.validate_eval_config(config)
-
-
-def test_valid_specs():
-  config = config_util.parse_pipeline_config("""model { pspnet { num_classes: 3 } } eval_input_reader { }
-      eval_config { eval_scales: [0.5, 1.0] flip_horizontally: true eval_input_type { sliding_window_eval_input {
-      crop_height: 9 crop_width: 8 stride_height: 9 stride_width: 1 } } }""")
-  spec = evaluator.validate_eval_config(config)
-  assert spec == evaluator.EvalSpec('sliding_window_eval_input', None, evaluator.SlidingWindow(9, 8, 9, 1, 1),
-                                    (0.5, 1.0), True)
 
 
 # Inference: sliding windows, mirror images, scales.
@@ -148,7 +133,7 @@ def _run(tensors):
 
 def test_window_origins_cover_the_image_and_end_at_its_border():
   with tf.Graph().as_default():
-    origins = _run([evaluator._window_starts(tf.constant(size), crop, stride)  # pylint: disable=protected-access
+    origins = _run([inference_graph._window_starts(tf.constant(size), crop, stride)  # pylint: disable=protected-access
                     for size, crop, stride in [(10, 4, 3), (11, 4, 3), (4, 4, 2), (9, 4, 4), (12, 4, 4)]])
   assert [o.tolist() for o in origins] == [[0, 3, 6], [0, 3, 6, 7], [0], [0, 4, 5], [0, 4, 8]]
 
@@ -162,23 +147,23 @@ def test_every_mode_reproduces_a_per_pixel_network_exactly():
       'padded': PADDED._replace(fixed_size=(40, 60)),
       'flip': PADDED._replace(fixed_size=(40, 60), flip=True),
       # Overlapping windows in both directions, uneven batches, a last window moved back to the border.
-      'sliding': evaluator.EvalSpec('sliding_window_eval_input', None, evaluator.SlidingWindow(16, 20, 7, 9, 4),
+      'sliding': eval_input_builder.EvalSpec('sliding_window_eval_input', None, eval_input_builder.SlidingWindow(16, 20, 7, 9, 4),
                                     (1.0,), True),
       # A window larger than the image: padded, then cropped away.
-      'large_window': evaluator.EvalSpec('sliding_window_eval_input', None,
-                                         evaluator.SlidingWindow(48, 64, 48, 64, 1), (1.0,), False),
+      'large_window': eval_input_builder.EvalSpec('sliding_window_eval_input', None,
+                                         eval_input_builder.SlidingWindow(48, 64, 48, 64, 1), (1.0,), False),
   }
   scaled_specs = {
       'scales_padded': PADDED._replace(fixed_size=(40, 60), scales=(0.5, 1.0, 1.5)),
-      'scales_sliding': evaluator.EvalSpec('sliding_window_eval_input', None,
-                                           evaluator.SlidingWindow(16, 20, 8, 10, 3), (0.75, 1.25), True),
+      'scales_sliding': eval_input_builder.EvalSpec('sliding_window_eval_input', None,
+                                           eval_input_builder.SlidingWindow(16, 20, 8, 10, 3), (0.75, 1.25), True),
   }
   with tf.Graph().as_default():
     network = _PerPixelNetwork()
-    outputs = {name: evaluator.predict_probabilities(tf.constant(image), network, spec)
+    outputs = {name: inference_graph.predict_probabilities(tf.constant(image), network, spec)
                for name, spec in specs.items()}
     # Resizing changes a varying image; a constant one stays constant at every scale.
-    outputs.update({name: evaluator.predict_probabilities(tf.constant(constant), network, spec)
+    outputs.update({name: inference_graph.predict_probabilities(tf.constant(constant), network, spec)
                     for name, spec in scaled_specs.items()})
     values = _run(outputs)
   for name in specs:
@@ -194,9 +179,9 @@ def test_scales_average_the_probabilities_of_each_scale():
   with tf.Graph().as_default():
     image = tf.constant(rng.uniform(0, 255, size=(20, 30, 3)).astype(np.float32))
     network = _PerPixelNetwork()
-    both = evaluator.predict_probabilities(image, network, spec._replace(scales=(0.5, 1.0)))
-    half = evaluator.predict_probabilities(image, network, spec._replace(scales=(0.5,)))
-    full = evaluator.predict_probabilities(image, network, spec)
+    both = inference_graph.predict_probabilities(image, network, spec._replace(scales=(0.5, 1.0)))
+    half = inference_graph.predict_probabilities(image, network, spec._replace(scales=(0.5,)))
+    full = inference_graph.predict_probabilities(image, network, spec)
     both, half, full = _run([both, half, full])
   np.testing.assert_allclose(both, (half + full) / 2, atol=1e-7)
   assert np.abs(half - full).max() > 1e-3  # the half-scale view is really different
@@ -208,16 +193,16 @@ def test_real_model_flip_window_and_scale_averaging(cityscapes_records):
   image = rng.uniform(0, 255, size=(60, 120, 3)).astype(np.float32)
   with tf.Graph().as_default():
     model = model_builder.build(config.model, is_training=False)
-    network = evaluator.ModelProbabilities(model)
-    plain = evaluator.predict_probabilities(tf.constant(image), network, PADDED)
+    network = inference_graph.ModelProbabilities(model)
+    plain = inference_graph.predict_probabilities(tf.constant(image), network, PADDED)
     num_variables = len(tf.global_variables())
-    mirrored_input = evaluator.predict_probabilities(tf.constant(image[:, ::-1]), network, PADDED)
-    flipped = evaluator.predict_probabilities(tf.constant(image), network, PADDED._replace(flip=True))
+    mirrored_input = inference_graph.predict_probabilities(tf.constant(image[:, ::-1]), network, PADDED)
+    flipped = inference_graph.predict_probabilities(tf.constant(image), network, PADDED._replace(flip=True))
     # One window exactly the padded size: the plain padded pass.
-    whole_window = evaluator.predict_probabilities(tf.constant(image), network, evaluator.EvalSpec(
-        'sliding_window_eval_input', None, evaluator.SlidingWindow(65, 129, 65, 129, 1), (1.0,), False))
-    overlapping = evaluator.predict_probabilities(tf.constant(image), network, evaluator.EvalSpec(
-        'sliding_window_eval_input', None, evaluator.SlidingWindow(33, 49, 17, 25, 2), (0.75, 1.0), True))
+    whole_window = inference_graph.predict_probabilities(tf.constant(image), network, eval_input_builder.EvalSpec(
+        'sliding_window_eval_input', None, eval_input_builder.SlidingWindow(65, 129, 65, 129, 1), (1.0,), False))
+    overlapping = inference_graph.predict_probabilities(tf.constant(image), network, eval_input_builder.EvalSpec(
+        'sliding_window_eval_input', None, eval_input_builder.SlidingWindow(33, 49, 17, 25, 2), (0.75, 1.0), True))
     assert len(tf.global_variables()) == num_variables  # every view shares the one set of weights
     values = _run({'plain': plain, 'mirrored_input': mirrored_input, 'flipped': flipped,
                    'whole_window': whole_window, 'overlapping': overlapping})
@@ -239,7 +224,7 @@ def test_evaluate_all_writes_summaries_results_and_best(cityscapes_records, trai
   results = evaluator.evaluate(_pipeline(cityscapes_records), trained, eval_dir, _options(
       evaluate_all_from_checkpoint=os.path.join(trained, 'model.ckpt-1'), image_summaries=True))
   assert _steps(results) == [1, 2]  # each once, in order
-  assert evaluator.evaluated_steps(eval_dir) == {1, 2}
+  assert eval_results.evaluated_steps(eval_dir) == {1, 2}
 
   names = metrics.class_names(19)
   for result in results:
@@ -333,7 +318,7 @@ def test_sliding_window_covering_the_padded_image_equals_the_padded_evaluation(c
 # The loop beside a trainer.
 
 def test_loop_evaluates_each_new_checkpoint_once_across_restarts_and_stops_at_the_final_step(
-    cityscapes_records, trained, tmp_path, log_lines):
+    cityscapes_records, trained, tmp_path):
   train_dir = _copy_train_dir(trained, str(tmp_path / 'train'), [1])
   eval_dir = str(tmp_path / 'eval')
   config = _pipeline(cityscapes_records, num_steps=2)
@@ -341,7 +326,6 @@ def test_loop_evaluates_each_new_checkpoint_once_across_restarts_and_stops_at_th
   start = time.time()
   assert _steps(evaluator.evaluate(config, train_dir, eval_dir, _options(eval_timeout_secs=1.0))) == [1]
   assert 1.0 <= time.time() - start < 30
-  assert any('No new checkpoint' in line for line in log_lines)
   # The trainer writes step 2 (the final one); a restarted evaluator skips step 1 and exits after step 2
   # without waiting for its timeout.
   _copy_train_dir(trained, str(tmp_path / 'step2'), [2])
@@ -351,12 +335,11 @@ def test_loop_evaluates_each_new_checkpoint_once_across_restarts_and_stops_at_th
   start = time.time()
   assert _steps(evaluator.evaluate(config, train_dir, eval_dir, _options(eval_timeout_secs=30))) == [2]
   assert time.time() - start < 25
-  assert any('reached train_config.num_steps = 2' in line for line in log_lines)
   # Everything evaluated: a third start has nothing to do.
   start = time.time()
   assert evaluator.evaluate(config, train_dir, eval_dir, _options(eval_timeout_secs=30)) == []
   assert time.time() - start < 25
-  assert evaluator.evaluated_steps(eval_dir) == {1, 2}
+  assert eval_results.evaluated_steps(eval_dir) == {1, 2}
   events = EventAccumulator(eval_dir)
   events.Reload()
   assert [e.step for e in events.Scalars('Metrics/mIoU')] == [1, 2]  # no step twice across the restarts
@@ -369,25 +352,31 @@ def test_loop_waits_in_an_empty_train_dir_and_stops_at_the_timeout(cityscapes_re
   assert results == [] and time.time() - start >= 0.5
 
 
-def test_max_evals(cityscapes_records, trained, tmp_path, log_lines):
+def test_max_evals(cityscapes_records, trained, tmp_path, checkpoint_reads):
   config = _pipeline(cityscapes_records, extra='train_config { num_steps: 100 }')
-  # The loop takes the newest checkpoint and passes over older ones.
+  # The loop takes the newest checkpoint and passes over older ones: step 1 is not even read.
   assert _steps(evaluator.evaluate(config, trained, str(tmp_path / 'loop'), _options(max_evals=1))) == [2]
-  assert any('Passing over 1 older' in line for line in log_lines)
+  assert checkpoint_reads == ['model.ckpt-2']
+  assert eval_results.evaluated_steps(str(tmp_path / 'loop')) == {2}
+  # From a given checkpoint on: in order, and nothing after the max_evals-th.
+  del checkpoint_reads[:]
   assert _steps(evaluator.evaluate(config, trained, str(tmp_path / 'all'), _options(
       max_evals=1, evaluate_all_from_checkpoint='model.ckpt-1'))) == [1]
+  assert checkpoint_reads == ['model.ckpt-1']
 
 
 def test_deleted_and_half_written_checkpoints_are_skipped_with_a_warning(cityscapes_records, trained, tmp_path,
-                                                                        log_lines, monkeypatch):
+                                                                        log_lines, monkeypatch, checkpoint_reads):
   train_dir = _copy_train_dir(trained, str(tmp_path / 'train'), [1, 2])
   # A checkpoint being written: its .index exists, the state file does not announce it yet.
   with open(os.path.join(train_dir, 'model.ckpt-3.index'), 'wb') as f:
     f.write(b'partial')
   # The trainer's retention deletes model.ckpt-1 just as the evaluator starts restoring it.
   restore = evaluator._restore_checkpoint  # pylint: disable=protected-access
+  restored = []
 
   def restore_after_deletion(saver, sess, path):
+    restored.append(os.path.basename(path))
     if path.endswith('model.ckpt-1'):
       for name in glob.glob(path + '.*'):
         os.remove(name)
@@ -398,28 +387,34 @@ def test_deleted_and_half_written_checkpoints_are_skipped_with_a_warning(citysca
   results = evaluator.evaluate(_pipeline(cityscapes_records), train_dir, eval_dir,
                                _options(evaluate_all_from_checkpoint='1'))
   assert _steps(results) == [2]
-  assert any('model.ckpt-1 was deleted' in line and 'skipped' in line for line in log_lines)
+  assert eval_results.evaluated_steps(eval_dir) == {2}
+  # The deleted checkpoint is skipped at once (not retried), and the evaluation goes on with the next one; the
+  # half-written one is not read at all.
+  assert restored == ['model.ckpt-1', 'model.ckpt-2']
+  assert checkpoint_reads == ['model.ckpt-1', 'model.ckpt-2']
   assert any('model.ckpt-3 is not complete yet' in line for line in log_lines)
-  assert evaluator.evaluated_steps(eval_dir) == {2}
 
-  # Deleted before evaluation (still listed in the state file); the loop skips it and goes on.
-  del log_lines[:]
+  # Deleted before evaluation (still listed in the state file); the loop skips it without reading it and goes
+  # on waiting for new checkpoints.
+  del checkpoint_reads[:]
   for name in glob.glob(os.path.join(train_dir, 'model.ckpt-2.*')):
     os.remove(name)
+  start = time.time()
   results = evaluator.evaluate(_pipeline(cityscapes_records), train_dir, str(tmp_path / 'eval2'),
                                _options(eval_timeout_secs=0.3))
-  assert results == []
-  assert any('model.ckpt-2 was deleted' in line and 'before' in line for line in log_lines)
+  assert results == [] and time.time() - start >= 0.3
+  assert checkpoint_reads == []
+  assert eval_results.evaluated_steps(str(tmp_path / 'eval2')) == set()
 
-  # Announced but unreadable while its files exist: retried, then skipped.
-  del log_lines[:]
+  # Announced but unreadable while its files exist: retried, then skipped (not read again until the timeout).
   with open(os.path.join(train_dir, 'model.ckpt-3.data-00000-of-00001'), 'wb') as f:
     f.write(b'partial')
   _write_state(train_dir, [3])
   results = evaluator.evaluate(_pipeline(cityscapes_records), train_dir, str(tmp_path / 'eval3'),
                                _options(eval_timeout_secs=2.0))
   assert results == []
-  assert sum('model.ckpt-3 could not be read' in line for line in log_lines) == evaluator.MAX_RESTORE_ATTEMPTS
+  assert checkpoint_reads == ['model.ckpt-3'] * evaluator.MAX_RESTORE_ATTEMPTS
+  assert eval_results.evaluated_steps(str(tmp_path / 'eval3')) == set()
 
 
 def test_checkpoint_of_another_model_is_an_error(cityscapes_records, trained, tmp_path):
@@ -440,5 +435,5 @@ def test_eval_script_with_the_seed_flags(cityscapes_records, trained, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'running mIoU' in result.stderr and 'traffic light' in result.stderr
   assert result.stderr.count('Global step 2: mIoU') == 1
-  assert evaluator.evaluated_steps(str(eval_dir)) == {2}
+  assert eval_results.evaluated_steps(str(eval_dir)) == {2}
   assert os.path.isfile(str(eval_dir / 'best.json')) and os.path.isfile(str(eval_dir / 'pipeline.config'))

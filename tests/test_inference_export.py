@@ -1,10 +1,12 @@
-"""Tests of inference.py and export.py (libs/inference_lib.py, libs/exporter.py) with a tiny trained checkpoint:
+"""Tests of inference.py and export.py (drivers/inference.py, drivers/exporter.py) with a tiny trained checkpoint:
 result images and the Cityscapes palette, label ids, any image size, corrupt files, frozen graph and SavedModel
-against the checkpoint, model figures (the full PSPNet50 at 1024x2048 included), and the ICNet seed checkpoint
-round trip into a new training run.
+against the checkpoint, bfloat16 inference (--compute_dtype) against float32 with the same float32 checkpoint,
+model figures (the full PSPNet50 at 1024x2048 included), and the ICNet seed checkpoint round trip into a new
+training run.
 
-Every prediction is compared with a reference computed from the model interface alone (mean subtraction and
-zero padding in numpy, predict + postprocess at the network shape, crop), not with the exporter's own graph."""
+Every prediction of the trained model is compared with a reference computed from the model interface alone (mean
+subtraction and zero padding in numpy, predict + postprocess at the network shape, crop), not with the exporter's
+own graph."""
 import glob
 import json
 import os
@@ -18,18 +20,22 @@ from PIL import Image
 from google.protobuf import text_format
 
 from builders import model_builder
-from dataset_tools import cityscapes_labels
+from drivers import exporter
+from drivers import inference as inference_lib
+from drivers import inference_graph
+from drivers import trainer
+from libs import checkpoint_utils
+from libs import cityscapes_labels
 from libs import config_util
-from libs import exporter
-from libs import inference_lib
-from libs import trainer
 from libs.compat import slim
 from libs.compat import tf
-from libs.preprocessor import MEAN_RGB
+from libs.image_ops import MEAN_RGB
+from tests.conftest import fast_session_config
 from tests.conftest import REPO_ROOT
 from tests.conftest import SAMPLE_DIR
-from tests.conftest import fast_session_config
+from tests.conftest import tiny_model_config
 from tests.conftest import tiny_pipeline_text
+from tests.testing_utils import random_weights_inference_session
 
 SAMPLE_IMAGES = sorted(glob.glob(os.path.join(SAMPLE_DIR, 'leftImg8bit', 'val', 'frankfurt', '*.png')))
 SAMPLE_NAME = 'frankfurt_000000_000294_leftImg8bit'
@@ -157,18 +163,18 @@ def test_list_images_directory_glob_and_file(tmp_path):
 
 
 def test_shape_flags_and_label_ids_errors(trained, tmp_path):
-  assert exporter.parse_shape('1,-1,-1,3', '--input_shape', (3, 4)) == (1, None, None, 3)
-  assert exporter.parse_shape('', '--pad_to_shape', (2,)) is None
+  assert inference_graph.parse_shape('1,-1,-1,3', '--input_shape', (3, 4)) == (1, None, None, 3)
+  assert inference_graph.parse_shape('', '--pad_to_shape', (2,)) is None
   with pytest.raises(ValueError, match=r"--input_shape = '1024x2048': expected comma-separated integers"):
-    exporter.parse_shape('1024x2048', '--input_shape', (3,))
+    inference_graph.parse_shape('1024x2048', '--input_shape', (3,))
   with pytest.raises(ValueError, match=r"--pad_to_shape = '1,2,3': expected 2 values"):
-    exporter.parse_shape('1,2,3', '--pad_to_shape', (2,))
-  assert exporter.resolve_network_shape((1024, 2048), None, 8) == (1025, 2049)
-  assert exporter.resolve_network_shape((713, 713), None, 8) == (713, 713)
+    inference_graph.parse_shape('1,2,3', '--pad_to_shape', (2,))
+  assert inference_graph.resolve_network_shape((1024, 2048), None, 8) == (1025, 2049)
+  assert inference_graph.resolve_network_shape((713, 713), None, 8) == (713, 713)
   with pytest.raises(ValueError, match='--pad_to_shape = 100,2049 is smaller than --input_shape = 1024,2048'):
-    exporter.resolve_network_shape((1024, 2048), (100, 2049), 8)
+    inference_graph.resolve_network_shape((1024, 2048), (100, 2049), 8)
   with pytest.raises(ValueError, match='dynamic height or width: give --pad_to_shape'):
-    exporter.resolve_network_shape((None, 2048), None, 8)
+    inference_graph.resolve_network_shape((None, 2048), None, 8)
   five_classes = text_format.Parse(text_format.MessageToString(trained['pipeline'].model),
                                    type(trained['pipeline'].model)())
   five_classes.pspnet.num_classes = 5
@@ -270,18 +276,61 @@ def test_export_script_without_checkpoint_reports_figures_only(trained, tmp_path
        str(out), '--input_shape', '1,%d,%d,3' % TINY_SHAPE[:2], '--num_timing_runs', '1',
        '--num_warmup_runs', '1'], capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'Parameters (inference graph): ' in result.stdout and 'MACs at 128x256 (network 129x257)' in result.stdout
-  assert 'random weights' in result.stdout
   figures = json.loads((out / 'model_figures.json').read_text())
   assert figures['trained_checkpoint'] is None and figures['timing']['weights'] == 'random'
+  # The printed report is the written figures.
+  assert 'Parameters (inference graph): {:,} '.format(figures['parameters']['total']) in result.stdout
+  assert 'MACs at 128x256 (network 129x257): %.2f G' % figures['gmacs'] in result.stdout
+  assert 'random weights' in result.stdout
   assert sorted(os.listdir(str(out))) == ['model_figures.json']
+
+
+def test_bfloat16_inference_agrees_with_float32_and_keeps_float32_variables(tmp_path):
+  size = [65, 97]
+  model_config = tiny_model_config(num_classes=5)
+  image = np.random.RandomState(3).randint(0, 256, [1] + size + [3]).astype(np.uint8)
+  sess, endpoints, _ = random_weights_inference_session(model_config, size)
+  with sess:
+    expected = sess.run(endpoints.predictions, {endpoints.inputs: image})
+    with sess.graph.as_default():
+      checkpoint = tf.train.Saver(slim.get_model_variables()).save(sess, str(tmp_path / 'model.ckpt'))
+  export_dir = str(tmp_path / 'export')
+  exporter.export(model_config, export_dir, trained_checkpoint=checkpoint, input_shape=(1, size[0], size[1], 3),
+                  num_timing_runs=0, compute_dtype='bfloat16')
+  with open(os.path.join(export_dir, exporter.FIGURES_NAME)) as f:
+    assert json.load(f)['compute_dtype'] == 'bfloat16'
+  graph_def = tf.GraphDef()
+  with open(os.path.join(export_dir, exporter.FROZEN_GRAPH_NAME), 'rb') as f:
+    graph_def.ParseFromString(f.read())
+  assert any(n.op == 'Conv2D' and n.attr['T'].type == tf.bfloat16.as_datatype_enum for n in graph_def.node)
+  with tf.Graph().as_default():
+    tf.import_graph_def(graph_def, name='')
+    with tf.Session() as sess:
+      frozen = sess.run('predictions:0', {'inputs:0': image})
+  # bf16 keeps 8 bits of mantissa: most pixels keep their class (random weights, 5 classes).
+  assert np.mean(frozen == expected) > 0.9
+  # The bfloat16 checkpoint graph restores the float32 checkpoint: same variable names and dtypes.
+  with tf.Graph().as_default():
+    endpoints = inference_graph.build_inference_graph(inference_graph.build_inference_model(model_config),
+                                                      [1] + size + [3], size, compute_dtype='bfloat16')
+    assert {v.dtype.base_dtype for v in tf.global_variables()} == {tf.float32}
+    with tf.Session() as sess:
+      checkpoint_utils.restore_model_variables(sess, checkpoint)
+      restored = sess.run(endpoints.predictions, {endpoints.inputs: image})
+  assert np.mean(restored == expected) > 0.9
+
+
+def test_compute_dtype_errors_name_the_flag():
+  with pytest.raises(ValueError) as error:
+    inference_graph.compute_dtype_of('float16')
+  assert '--compute_dtype' in str(error.value) and 'bfloat16' in str(error.value)
 
 
 def test_full_pspnet50_parameters_and_macs_at_1024x2048():
   pipeline = config_util.load_pipeline_config(os.path.join(REPO_ROOT, 'configs', 'pspnet_1.0_713_resnet_v1.config'))
   with tf.Graph().as_default() as graph:
-    model = exporter.build_inference_model(pipeline.model)
-    exporter.build_inference_graph(model, [1, 1024, 2048, 3], (1024, 2048))
+    model = inference_graph.build_inference_model(pipeline.model)
+    inference_graph.build_inference_graph(model, [1, 1024, 2048, 3], (1024, 2048))
     parameters = exporter.count_parameters(slim.get_model_variables())
     macs = exporter.count_conv_macs(graph)
     profiled = exporter.profile_flops(graph)
@@ -292,7 +341,7 @@ def test_full_pspnet50_parameters_and_macs_at_1024x2048():
   assert macs['total'] == macs['backbone'] + macs['PSPModule'] + macs['Logits']
   assert profiled['Conv2D'] == 2 * macs['total']
   # Padding to 1025 x 2049 is what the Cityscapes export runs at by default.
-  assert exporter.resolve_network_shape((1024, 2048), None, 8) == (1025, 2049)
+  assert inference_graph.resolve_network_shape((1024, 2048), None, 8) == (1025, 2049)
 
 
 def test_seed_checkpoint_for_icnet_round_trips_into_a_new_training_run(trained, cityscapes_records, tmp_path):

@@ -10,9 +10,8 @@ from builders import model_builder
 from libs.compat import tf
 from libs.config_errors import ConfigError
 from protos import losses_pb2
-from protos import pipeline_pb2
-from tests.conftest import TINY_MODEL
 from tests.conftest import fast_session_config
+from tests.conftest import tiny_model_config
 
 FIELD = 'model.pspnet.loss'
 IGNORE = 255
@@ -191,14 +190,13 @@ NUM_CLASSES = 3
 
 
 def _tiny_model(is_training=True, upsample_logits=True, use_auxiliary_loss=True, main_loss_weight=None):
-  config = pipeline_pb2.PipelineConfig()
-  text_format.Parse(TINY_MODEL % {'num_classes': NUM_CLASSES}, config)
-  loss = config.model.pspnet.loss
+  config = tiny_model_config(NUM_CLASSES)
+  loss = config.pspnet.loss
   loss.upsample_logits = upsample_logits
   loss.use_auxiliary_loss = use_auxiliary_loss
   if main_loss_weight is not None:
     loss.main_loss_weight = main_loss_weight
-  return model_builder.build(config.model, is_training=is_training)
+  return model_builder.build(config, is_training=is_training)
 
 
 def _np_resize_bilinear_align_corners(images, size):

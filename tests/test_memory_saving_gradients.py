@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from architectures import pspnet_architecture
 from builders import model_builder
+from libs import gradient_checkpoints
 from libs import memory_saving_gradients as msg
-from libs.compat import slim
 from libs.compat import tf
 from protos import model_pb2
 from tests.conftest import REPO_ROOT
 from tests.conftest import fast_session_config
+from tests.conftest import tiny_model_config
 from tests.test_model_builder import FULL_MODEL
 from tests.test_model_builder import SEED_CHECKPOINT_NODES
-from tests.test_model_builder import _tiny_config
 
 TINY_UNIT_NODES = ['SharedFeatureExtractor/resnet_v1_50/block%d/unit_1/bottleneck_v1/Relu' % i for i in (1, 2, 3)]
 TINY_NODES = TINY_UNIT_NODES + ['PSPModule/Conv_4/Relu6']
@@ -78,7 +79,7 @@ def test_float64_chain_gradients_equal_tf_gradients(checkpoints):
 
 
 def _tiny_pspnet(crop=33, scope=None):
-  model = model_builder.build(_tiny_config(num_classes=5), is_training=True)
+  model = model_builder.build(tiny_model_config(num_classes=5), is_training=True)
   images = tf.placeholder(tf.float32, [2, crop, crop, 3], name='images')
   labels = tf.placeholder(tf.uint8, [2, crop, crop, 1], name='labels')
   with tf.name_scope(scope):
@@ -110,9 +111,9 @@ def test_names_resolve_under_the_callers_name_scope():
   with tf.Graph().as_default() as graph:
     loss, _ = _tiny_pspnet(crop=33, scope='clone_1')
     with tf.name_scope('clone_1'):
-      chosen = msg.select_checkpoints(loss, tf.trainable_variables(), TINY_NODES)
+      chosen = gradient_checkpoints.select_checkpoints(loss, tf.trainable_variables(), TINY_NODES)
     # Outside the scope the same names match `<scope>/<name>` on the path to the loss.
-    assert [t.op.name for t in msg.select_checkpoints(loss, tf.trainable_variables(), TINY_NODES)] == \
+    assert [t.op.name for t in gradient_checkpoints.select_checkpoints(loss, tf.trainable_variables(), TINY_NODES)] == \
         [t.op.name for t in chosen]
   assert [t.op.name for t in chosen] == ['clone_1/' + name for name in TINY_NODES]
   assert all(t.graph is graph for t in chosen)
@@ -133,8 +134,9 @@ def test_seed_nodes_resolve_on_full_pspnet50_and_a_misspelt_one_fails_with_the_s
     variables = tf.trainable_variables()
     collections = {key: list(graph.get_collection(key)) for key in graph.get_all_collection_keys()}
     num_variables = len(tf.global_variables())
-    assert [t.op.name for t in msg.select_checkpoints(loss, variables, SEED_CHECKPOINT_NODES)] == \
-        SEED_CHECKPOINT_NODES
+    # The library's list (what bench/ trains with as 'seed') resolves to the pinned nodes of the built graph.
+    assert [t.op.name for t in gradient_checkpoints.select_checkpoints(
+        loss, variables, pspnet_architecture.SEED_CHECKPOINT_NODES)] == SEED_CHECKPOINT_NODES
     grads = msg.gradients(loss, variables, checkpoints=SEED_CHECKPOINT_NODES)
     assert len(grads) == len(variables) and all(g is not None for g in grads)
     # Recomputation copies nothing stateful and adds nothing to any collection (UPDATE_OPS included).
@@ -208,29 +210,10 @@ def _ancestor_names(graph, name):
   return seen
 
 
-def test_patched_gradients_route_optimizer_and_slim_train_op_helpers():
-  original = tf.gradients
-  with tf.Graph().as_default() as graph:
-    loss, weights, x, _ = _chain(dropout=False)
-    plain = tf.gradients(loss, weights)
-    with msg.patched_gradients(checkpoints=['layer2', 'layer5']):
-      assert tf.gradients is not original
-      train_op = slim.learning.create_train_op(loss, tf.train.GradientDescentOptimizer(0.125))
-    assert tf.gradients is original
-    assert _recompute_ops(graph)
-    with tf.Session(config=fast_session_config()) as sess:
-      sess.run(tf.global_variables_initializer())
-      feed = {x: np.random.RandomState(1).randn(8, 16)}
-      before, grads = sess.run([weights, plain], feed)
-      sess.run(train_op, feed)
-      after = sess.run(weights)
-  for b, g, a in zip(before, grads, after):
-    np.testing.assert_allclose(a, b - 0.125 * g, rtol=0, atol=1e-12)
-
-
 _MEMORY_SCRIPT = textwrap.dedent("""
     import json, os, sys
     sys.path.insert(0, %(root)r)
+    from libs import memory
     from libs import memory_saving_gradients as msg
     from libs.compat import tf
 
@@ -249,9 +232,9 @@ _MEMORY_SCRIPT = textwrap.dedent("""
         with tf.Session() as sess:
           sess.run(tf.global_variables_initializer())
           sess.run(step)
-          msg.reset_peak_memory()
+          memory.reset_peak_memory()
           sess.run(step)
-          return msg.memory_usage()['CPU_BFC_Peak']
+          return memory.memory_usage()['CPU_BFC_Peak']
 
     print(json.dumps({'plain': peak(None), 'named': peak(['layer%%d' %% i for i in range(4, 30, 5)]),
                       'memory': peak('memory')}))

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from dataset_tools import cityscapes_labels
+from libs import cityscapes_labels
 from libs import metrics
 from libs.compat import tf
 from tests.conftest import fast_session_config

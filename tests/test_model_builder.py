@@ -10,8 +10,8 @@ from libs.compat import slim
 from libs.compat import tf
 from libs.config_errors import ConfigError
 from protos import model_pb2
-from tests.conftest import TINY_MODEL
 from tests.conftest import fast_session_config
+from tests.conftest import tiny_model_config
 
 # The seed's memory-saving checkpoint nodes (../shared/seed/pspnet.md): stable API.
 SEED_CHECKPOINT_NODES = [
@@ -38,16 +38,6 @@ pspnet {
 
 def _model_config(text):
   return text_format.Parse(text, model_pb2.Model())
-
-
-def _tiny_config(num_classes=5, extra=''):
-  text = TINY_MODEL % {'num_classes': num_classes}
-  # TINY_MODEL is a pipeline fragment: strip the outer "model { ... }".
-  body = text[text.index('{') + 1:text.rindex('}')]
-  config = _model_config(body)
-  if extra:
-    text_format.Merge(extra, config)
-  return config
 
 
 def _param_count(variables):
@@ -85,13 +75,9 @@ def test_full_pspnet50_node_names_shapes_and_parameter_count():
     assert not any(unit.startswith(('block1', 'block2/unit_1')) for unit in rates)
 
 
-def test_library_seed_nodes_are_the_pinned_ones():
-  assert list(pspnet_architecture.SEED_CHECKPOINT_NODES) == SEED_CHECKPOINT_NODES
-
-
 def test_training_graph_adds_auxiliary_head_on_block3():
   with tf.Graph().as_default() as graph:
-    model = model_builder.build(_tiny_config(), is_training=True)
+    model = model_builder.build(tiny_model_config(5), is_training=True)
     outputs = model.predict(model.preprocess(tf.zeros([2, 65, 65, 3])))
     assert outputs['aux_logits'].shape.as_list() == [2, 9, 9, 5]
     aux_conv = graph.get_operation_by_name('AuxHead/Conv/Conv2D')
@@ -102,7 +88,7 @@ def test_training_graph_adds_auxiliary_head_on_block3():
 
 def test_aux_head_absent_when_aux_loss_disabled():
   with tf.Graph().as_default():
-    model = model_builder.build(_tiny_config(extra='pspnet { loss { use_auxiliary_loss: false } }'),
+    model = model_builder.build(tiny_model_config(5, extra='pspnet { loss { use_auxiliary_loss: false } }'),
                                 is_training=True)
     outputs = model.predict(model.preprocess(tf.zeros([1, 33, 33, 3])))
     assert 'aux_logits' not in outputs
@@ -112,7 +98,7 @@ def test_aux_head_absent_when_aux_loss_disabled():
 @pytest.mark.parametrize('height,width', [(65, 65), (97, 129), (50, 77), (33, 257)])
 def test_any_input_size_gives_ceil_stride_8_logits_and_full_size_predictions(height, width):
   with tf.Graph().as_default():
-    model = model_builder.build(_tiny_config(), is_training=False)
+    model = model_builder.build(tiny_model_config(5), is_training=False)
     images = tf.random.uniform([1, height, width, 3], 0, 255, seed=1)
     outputs = model.predict(model.preprocess(images))
     post = model.postprocess(outputs, [height, width])
@@ -126,7 +112,7 @@ def test_any_input_size_gives_ceil_stride_8_logits_and_full_size_predictions(hei
 
 def test_output_stride_16():
   with tf.Graph().as_default():
-    model = model_builder.build(_tiny_config(extra='pspnet { feature_extractor { output_stride: 16 } }'),
+    model = model_builder.build(tiny_model_config(5, extra='pspnet { feature_extractor { output_stride: 16 } }'),
                                 is_training=False)
     outputs = model.predict(model.preprocess(tf.zeros([1, 64, 64, 3])))
     assert outputs['logits'].shape.as_list() == [1, 4, 4, 5]
@@ -217,7 +203,7 @@ def test_adaptive_average_pool_needs_static_size():
 
 def test_pyramid_branches_follow_pooling_factors():
   with tf.Graph().as_default() as graph:
-    model = model_builder.build(_tiny_config(extra='pspnet { pooling_factors: [1, 3] }'), is_training=False)
+    model = model_builder.build(tiny_model_config(5, extra='pspnet { pooling_factors: [1, 3] }'), is_training=False)
     model.predict(model.preprocess(tf.zeros([1, 65, 65, 3])))
     convs = sorted({v.op.name.split('/')[1] for v in tf.global_variables()
                     if v.op.name.startswith('PSPModule/')})
@@ -229,7 +215,7 @@ def test_pyramid_branches_follow_pooling_factors():
 
 def test_restore_maps():
   with tf.Graph().as_default():
-    model = model_builder.build(_tiny_config(), is_training=True)
+    model = model_builder.build(tiny_model_config(5), is_training=True)
     model.predict(model.preprocess(tf.zeros([1, 33, 33, 3])))
     tf.train.get_or_create_global_step()
     classification = model.restore_map('classification')
@@ -262,7 +248,7 @@ def test_restore_maps():
 def test_invalid_model_configs_name_field_and_value(extra, field, value):
   with tf.Graph().as_default():
     with pytest.raises(ConfigError) as error:
-      model_builder.build(_tiny_config(extra=extra), is_training=True)
+      model_builder.build(tiny_model_config(5, extra=extra), is_training=True)
   assert field in str(error.value) and value in str(error.value)
 
 

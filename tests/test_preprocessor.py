@@ -1,10 +1,14 @@
-"""Tests of libs/preprocessor.py: geometry shared by image and label, padding values, label values kept."""
+"""Tests of libs/preprocessor.py: geometry shared by image and label, padding values (zero in the model's input),
+label values kept."""
 import numpy as np
 import pytest
 
+from builders import model_builder
+from libs import image_ops
 from libs import preprocessor
 from libs.compat import tf
 from tests import testing_utils
+from tests.conftest import tiny_model_config
 
 HEIGHT, WIDTH = 10, 12
 IGNORE = 255
@@ -45,8 +49,19 @@ def _assert_aligned(image, label, ignore=IGNORE):
   np.testing.assert_array_equal(image[:, :, 2][real], label[:, :, 0][real].astype(np.float32))
 
 
-def test_mean_rgb():
-  assert preprocessor.MEAN_RGB == (123.68, 116.779, 103.939)
+def test_padding_is_zero_in_the_model_input_which_is_the_image_minus_the_imagenet_mean():
+  # What MEAN_RGB is for: the model subtracts the ImageNet RGB mean the TF-Slim ResNet checkpoints were trained
+  # with, and every padding is made of it, so padded pixels are exactly zero in the network's input.
+  image, label = _position_example()
+  with tf.Graph().as_default():
+    model = model_builder.build(tiny_model_config(), is_training=False)
+    padded, _ = preprocessor.pad_to_size(tf.constant(image), tf.constant(label), HEIGHT + 3, WIDTH + 2, IGNORE)
+    network_input = model.preprocess(padded[tf.newaxis])
+    with tf.Session(config=testing_utils.session_config()) as sess:
+      value = sess.run(network_input)[0]
+  assert not value[HEIGHT:].any() and not value[:, WIDTH:].any()
+  np.testing.assert_allclose(value[:HEIGHT, :WIDTH], image - np.array([123.68, 116.779, 103.939], np.float32),
+                             rtol=0, atol=1e-5)
 
 
 def test_random_image_scale_fixed_factor_rounds_size_and_keeps_label_values():
@@ -89,7 +104,7 @@ def test_pad_to_size_pads_bottom_right_with_mean_and_ignore():
   assert out_image.shape == (HEIGHT + 3, WIDTH + 2, 3)
   np.testing.assert_array_equal(out_image[:HEIGHT, :WIDTH], image)
   np.testing.assert_array_equal(out_label[:HEIGHT, :WIDTH], label)
-  mean = np.array(preprocessor.MEAN_RGB, np.float32)
+  mean = np.array(image_ops.MEAN_RGB, np.float32)
   np.testing.assert_array_equal(out_image[HEIGHT:], np.broadcast_to(mean, (3, WIDTH + 2, 3)))
   np.testing.assert_array_equal(out_image[:, WIDTH:], np.broadcast_to(mean, (HEIGHT + 3, 2, 3)))
   assert (out_label[HEIGHT:] == IGNORE).all() and (out_label[:, WIDTH:] == IGNORE).all()
@@ -135,7 +150,7 @@ def test_random_image_crop_pads_small_example():
   shapes, results = _run(
       lambda i, l: preprocessor.random_image_crop(i, l, 6, 7, IGNORE), image, label, runs=3)
   assert shapes == ([6, 7, 3], [6, 7, 1])
-  mean = np.array(preprocessor.MEAN_RGB, np.float32)
+  mean = np.array(image_ops.MEAN_RGB, np.float32)
   for out_image, out_label in results:
     # Smaller on both axes: the only window is the whole padded example.
     np.testing.assert_array_equal(out_label[:3, :4], label)
@@ -198,4 +213,4 @@ def test_central_crop_or_pad_pads_where_smaller():
   np.testing.assert_array_equal(out_label[:HEIGHT], label[:, 3:9])
   assert (out_label[HEIGHT:] == IGNORE).all()
   np.testing.assert_array_equal(
-      out_image[HEIGHT:], np.broadcast_to(np.array(preprocessor.MEAN_RGB, np.float32), (2, 6, 3)))
+      out_image[HEIGHT:], np.broadcast_to(np.array(image_ops.MEAN_RGB, np.float32), (2, 6, 3)))

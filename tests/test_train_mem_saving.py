@@ -12,17 +12,17 @@ import pytest
 from absl import app
 
 import train_mem_saving
+from drivers import trainer
 from libs import config_util
 from libs import memory_saving_gradients
-from libs import trainer
 from libs.compat import tf
-from tests.conftest import REPO_ROOT
 from tests.conftest import fast_session_config
 from tests.conftest import fixed_batch_pipeline
+from tests.conftest import REPO_ROOT
 from tests.conftest import tiny_pipeline_text
 from tests.test_memory_saving_gradients import TINY_NODES
-from tests.testing_utils import StepRunner
 from tests.testing_utils import assert_steps_equal
+from tests.testing_utils import StepRunner
 
 
 @pytest.mark.parametrize('nodes,mode,expected', [
@@ -96,17 +96,23 @@ def test_script_with_the_seeds_flags_writes_checkpoint_and_memory_summaries(city
   result = _run_script(['--checkpoint_nodes', ','.join(TINY_NODES), '--test_image_summaries', '--log_memory'],
                        tmp_path, cityscapes_records)
   assert result.returncode == 0, result.stderr[-3000:]
-  log = result.stderr
-  assert 'Memory-saving gradients: 4 checkpoint tensors' in log
-  assert 'Memory after step 1: CPU_BFC_Peak' in log and 'VmHWM' in log
+  # --log_memory's lines (its summaries are checked below).
+  assert 'Memory after step 1: CPU_BFC_Peak' in result.stderr and 'VmHWM' in result.stderr
   logdir = tmp_path / 'train'
   assert tf.train.latest_checkpoint(str(logdir)).endswith('model.ckpt-2')
-  tags = set()
+  tags, graph_nodes = set(), set()
   for event_file in glob.glob(str(logdir / 'events.out.tfevents.*')):
     for event in tf.train.summary_iterator(event_file):
       tags.update(value.tag for value in event.summary.value)
+      if event.graph_def:
+        graph_nodes.update(node.name for node in tf.GraphDef.FromString(event.graph_def).node)
   assert {'Memory/CPU_BFC_Peak_MiB', 'Memory/VmHWM_MiB', 'Losses/TotalLoss'} <= tags, tags
   assert any(t.startswith('TestImages/Prediction') for t in tags)
+  # The trained graph (as TensorBoard shows it) has the memory-saving recomputation at every --checkpoint_nodes
+  # name, PSPModule/Conv_4/Relu6 included (not one of train.py's default recompute_backbone_blocks nodes).
+  assert graph_nodes
+  recomputed = sorted(node for node in TINY_NODES if any(name.endswith('/recompute/' + node) for name in graph_nodes))
+  assert recomputed == sorted(TINY_NODES), recomputed
 
 
 def test_script_reports_a_misspelt_node_with_the_closest_name(cityscapes_records, tmp_path):
@@ -114,3 +120,4 @@ def test_script_reports_a_misspelt_node_with_the_closest_name(cityscapes_records
   assert result.returncode != 0
   assert "'PSPModule/Conv_4/Relu7' is not in the graph" in result.stderr
   assert "Closest existing names: 'PSPModule/Conv_4/Relu6'" in result.stderr
+  assert not glob.glob(str(tmp_path / 'train' / 'model.ckpt*'))  # stopped before training

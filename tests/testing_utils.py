@@ -1,4 +1,6 @@
-"""Helpers shared by the tests: tiny segmentation TFRecords and a session config for graph tests.
+"""Helpers shared by the tests: tiny segmentation TFRecords, a session config for graph tests, training steps
+compared from the same state, and the tiny model's graphs with random weights (to compare two ways of computing
+the same network).
 
 Images are encoded with Pillow rather than TensorFlow so that writing fixtures builds no graph.
 """
@@ -87,11 +89,11 @@ def random_segmentation_example(filename, height, width, num_classes, rng):
 
 
 class StepRunner(object):
-  """A training graph (libs/trainer.build_training_graph) and its session, whose variables can be set to given
+  """A training graph (drivers/trainer.build_training_graph) and its session, whose variables can be set to given
   values before each step: two gradient implementations compared step by step from the same state."""
 
   def __init__(self, config, gradients_fn=None):
-    from libs import trainer  # pylint: disable=import-outside-toplevel
+    from drivers import trainer  # pylint: disable=import-outside-toplevel
     options = trainer.default_options(session_config=session_config(), gradients_fn=gradients_fn)
     self.graph = tf.Graph()
     with self.graph.as_default():
@@ -143,3 +145,63 @@ def assert_steps_equal(reference, candidate, num_steps=3, tolerance=3e-5):
     assert_close_to_scale(candidate_next, reference_next, tolerance)
     state = reference_next
   return initial, state
+
+
+def randomize_variables(sess, variables, seed=0):
+  """Gives every variable random values (batch-norm statistics and scales near their usual ranges), so that a
+  graph computed two ways is compared on weights that are not all at their initial values."""
+  rng = np.random.RandomState(seed)
+  for v in sorted(variables, key=lambda v: v.op.name):
+    shape = v.shape.as_list()
+    if v.op.name.endswith(('moving_variance', 'gamma')):
+      v.load(rng.uniform(0.5, 1.5, shape).astype(np.float32), sess)
+    elif v.op.name.endswith(('moving_mean', 'beta')):
+      v.load(rng.normal(0, 0.2, shape).astype(np.float32), sess)
+    elif v.dtype.base_dtype == tf.float32:
+      v.load((rng.normal(0, 1, shape) * np.sqrt(2.0 / max(1, np.prod(shape[:-1])))).astype(np.float32), sess)
+
+
+def training_graph_outputs(model_config):
+  """The training graph of model_config on a fixed [2, 65, 65, 3] image with fixed random weights (a toy loss on
+  both heads plus weight decay): its variables and collections, the names of its convolution ops, and the values
+  [logits, aux_logits, loss] + gradients of the trainable variables."""
+  from builders import model_builder  # pylint: disable=import-outside-toplevel
+  from libs.compat import slim  # pylint: disable=import-outside-toplevel
+  with tf.Graph().as_default() as graph:
+    model = model_builder.build(model_config, is_training=True)
+    images = tf.constant(np.random.RandomState(1).uniform(0, 255, [2, 65, 65, 3]).astype(np.float32))
+    outputs = model.predict(model.preprocess(images))
+    loss = (tf.reduce_sum(tf.square(outputs['logits'])) + tf.reduce_sum(tf.square(outputs['aux_logits'])) +
+            tf.add_n(tf.losses.get_regularization_losses()))
+    gradients = tf.gradients(loss, tf.trainable_variables())
+    ops = graph.get_operations()
+    dilated = [op.name for op in ops if op.type == 'Conv2D' and max(op.get_attr('dilations')) > 1]
+    forward_space_to_batch = [op.name for op in ops if op.type == 'SpaceToBatchND' and
+                              not op.name.startswith('gradients')]
+    backprop = sorted(op.name for op in ops if op.type in ('Conv2DBackpropInput', 'Conv2DBackpropFilter'))
+    forward = [(op.name, op.type) for op in ops if not op.name.startswith('gradients')]
+    with tf.Session(config=session_config()) as sess:
+      sess.run(tf.global_variables_initializer())
+      randomize_variables(sess, tf.global_variables())
+      values = sess.run([outputs['logits'], outputs['aux_logits'], loss] + gradients)
+    return dict(variables=[(v.op.name, v.shape.as_list(), v.trainable) for v in tf.global_variables()],
+                model_variables=[v.op.name for v in slim.get_model_variables()],
+                regularization_losses=len(tf.losses.get_regularization_losses()),
+                update_ops=len(tf.get_collection(tf.GraphKeys.UPDATE_OPS)), values=values,
+                dilated=dilated, forward_space_to_batch=forward_space_to_batch, backprop=backprop,
+                forward=forward)
+
+
+def random_weights_inference_session(model_config, size, compute_dtype=None):
+  """(session, endpoints, logits tensor) of drivers/inference_graph's inference graph of model_config for one
+  uint8 image of size [height, width], with random weights (randomize_variables)."""
+  from drivers import inference_graph  # pylint: disable=import-outside-toplevel
+  graph = tf.Graph()
+  with graph.as_default():
+    endpoints = inference_graph.build_inference_graph(inference_graph.build_inference_model(model_config),
+                                                      [1] + list(size) + [3], size, compute_dtype=compute_dtype)
+    logits = graph.get_operation_by_name('Postprocessor/ArgMax').inputs[0]
+    sess = tf.Session(graph=graph)
+    sess.run(tf.global_variables_initializer())
+    randomize_variables(sess, tf.global_variables())
+  return sess, endpoints, logits

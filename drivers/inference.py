@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from builders import model_builder
-from dataset_tools import cityscapes_labels
+from drivers import inference_graph
 from libs import checkpoint_utils
-from libs import exporter
+from libs import cityscapes_labels
 from libs import summaries
 from libs.compat import tf
 
@@ -125,7 +125,7 @@ class Segmenter(object):
     """
     self._model_config = model_config
     self._checkpoint_path = checkpoint_path
-    self._stride = exporter.output_stride(model_config)
+    self._stride = model_builder.output_stride(model_config)
     self._session_config = session_config
     if input_shape is not None and (len(input_shape) != 3 or input_shape[2] != 3 or None in input_shape):
       raise ValueError('--input_shape = %s: expected H,W,3 (one image, 3 channels; leave it empty for any size)'
@@ -134,7 +134,7 @@ class Segmenter(object):
       self._base_shape = None
     else:
       image_size = tuple(input_shape[:2]) if input_shape else tuple(pad_to_shape)
-      self._base_shape = exporter.resolve_network_shape(image_size, pad_to_shape, self._stride)
+      self._base_shape = inference_graph.resolve_network_shape(image_size, pad_to_shape, self._stride)
     self._graph = tf.Graph()
     self._networks = {}
     self._sess = None
@@ -142,8 +142,8 @@ class Segmenter(object):
   def network_shape_for(self, height, width):
     """The network shape an image of height x width runs at."""
     if self._base_shape is None:
-      return (exporter.exact_zoom_size(height, self._stride), exporter.exact_zoom_size(width, self._stride))
-    return tuple(base if size <= base else exporter.exact_zoom_size(size, self._stride)
+      return tuple(inference_graph.exact_zoom_size(size, self._stride) for size in (height, width))
+    return tuple(base if size <= base else inference_graph.exact_zoom_size(size, self._stride)
                  for size, base in zip((height, width), self._base_shape))
 
   def _network(self, shape):
@@ -151,13 +151,13 @@ class Segmenter(object):
       return self._networks[shape]
     first = not self._networks
     with self._graph.as_default():
-      model = exporter.build_inference_model(self._model_config)
-      endpoints = exporter.build_inference_graph(
+      model = inference_graph.build_inference_model(self._model_config)
+      endpoints = inference_graph.build_inference_graph(
           model, [None, None, 3], shape, reuse=None if first else True,
           input_name='inputs_%dx%d' % shape, output_name='predictions_%dx%d' % shape)
       if first:
         self._sess = tf.Session(graph=self._graph, config=self._session_config)
-        count = exporter.restore_model_variables(self._sess, self._checkpoint_path)
+        count = checkpoint_utils.restore_model_variables(self._sess, self._checkpoint_path)
         logger.info('Restored %d model variables from %s.', count, self._checkpoint_path)
     logger.info('Built the network for %dx%d inputs.', shape[0], shape[1])
     self._networks[shape] = endpoints

@@ -8,19 +8,11 @@ descends from): one process polls `train_dir`, restores each new checkpoint into
 step into `eval_dir`, so that `tensorboard --logdir train:TRAIN,eval:EVAL` shows both runs on one axis.
 
 Per checkpoint, one int64 confusion matrix is accumulated on the host from per-image matrices computed in the
-graph; the metrics (libs/metrics.py) match the official Cityscapes evaluation. Outputs in eval_dir:
+graph; the metrics (libs/metrics.py) match the official Cityscapes evaluation. Outputs in eval_dir: summaries,
+results/step_<step>.json, best.json and best/ (drivers/eval_results.py), and the effective pipeline.config.
 
-    events.out.tfevents.*        Metrics/mIoU, Metrics/IoU/<class>, Metrics/PixelAccuracy,
-                                 Metrics/MeanClassAccuracy, Losses/EvalLoss (+ EvalImages/... with
-                                 image_summaries)
-    results/step_<step>.json     every metric, the confusion matrix and how it was evaluated; also the record of
-                                 what has been evaluated, so a restarted evaluator skips those checkpoints
-    best.json                    the checkpoint with the highest mIoU so far
-    best/model.ckpt-<step>       its model weights and global step (saved from memory after the restore, so the
-                                 trainer's checkpoint retention cannot take them away)
-    pipeline.config              the effective config
-
-Inference per image (predict_probabilities): for each scale in eval_config.eval_scales (and each mirror image
+How images are fed to the network comes from builders/eval_input_builder.py; inference per image
+(drivers/inference_graph.predict_probabilities): for each scale in eval_config.eval_scales (and each mirror image
 with flip_horizontally) the image is resized, run through the network either padded to a fixed size (padded or
 cropped eval input) or as overlapping sliding windows, and its softmax probabilities are brought back to the
 label's resolution; the views' probabilities are averaged and the arg-max is scored. Padding is always cropped
@@ -39,17 +31,15 @@ The loop evaluates the newest checkpoint it has not evaluated (older ones it pas
 them with evaluate_all_from_checkpoint).
 """
 import collections
-import glob
-import math
-import os
-import re
 import time
 
 import numpy as np
 
-from architectures.pspnet_architecture import resize_bilinear
 from builders import dataset_builder
+from builders import eval_input_builder
 from builders import model_builder
+from drivers import eval_results
+from drivers import inference_graph
 from libs import checkpoint_utils
 from libs import config_util
 from libs import metrics
@@ -57,27 +47,17 @@ from libs import summaries
 from libs.compat import slim
 from libs.compat import tf
 from libs.config_errors import ConfigError
-from libs.config_errors import require_oneof
-from libs.preprocessor import MEAN_RGB
 from libs.standard_fields import InputDataFields as fields
 from protos import input_reader_pb2
 
 logger = tf.get_logger()
 
-RESULTS_DIR = 'results'
-BEST_JSON = 'best.json'
-BEST_DIR = 'best'
-BEST_CHECKPOINT_BASENAME = 'model.ckpt'
-EVAL_IMAGES_PREFIX = 'EvalImages'
 MAX_EVAL_IMAGES = 3
-MAX_SCALE = 4.0
 # Probabilities are clipped here before the log of the evaluation loss: a pixel predicted with probability 0
 # (softmax underflow) would otherwise make the mean infinite.
 MIN_PROBABILITY = 1e-30
 # A restore that fails while the files exist is retried this many times before the checkpoint is skipped.
 MAX_RESTORE_ATTEMPTS = 3
-
-_STEP_PATTERN = re.compile(r'-(\d+)$')
 
 
 class EvalOptions(collections.namedtuple('EvalOptions', [
@@ -106,27 +86,6 @@ def default_options(**overrides):
   return options._replace(**overrides)
 
 
-SlidingWindow = collections.namedtuple('SlidingWindow', [
-    'crop_height', 'crop_width', 'stride_height', 'stride_width', 'batch_size'])
-
-EvalSpec = collections.namedtuple('EvalSpec', ['input_type', 'fixed_size', 'sliding_window', 'scales', 'flip'])
-EvalSpec.__doc__ = """How images are fed to the network, from a validated eval_config.
-
-input_type: 'padded_eval_input', 'cropped_eval_input' or 'sliding_window_eval_input'.
-fixed_size: (height, width) the input is padded or cropped to (padded / cropped), else None.
-sliding_window: SlidingWindow (sliding_window_eval_input), else None.
-scales: tuple of floats ((1.0,) when eval_scales is empty).
-flip: bool, also average the mirrored image.
-"""
-
-
-def _require_positive(message, name, field_path):
-  value = getattr(message, name)
-  if not message.HasField(name) or value <= 0:
-    raise ConfigError('%s.%s' % (field_path, name), value if message.HasField(name) else None, 'must be > 0')
-  return value
-
-
 def validate_eval_config(pipeline_config):
   """Checks what evaluation needs from the pipeline config and returns how to evaluate.
 
@@ -134,7 +93,7 @@ def validate_eval_config(pipeline_config):
     pipeline_config: pipeline_pb2.PipelineConfig.
 
   Returns:
-    EvalSpec.
+    eval_input_builder.EvalInput (spec and input preprocessing).
 
   Raises:
     ConfigError: naming the field path, the value and what is allowed.
@@ -142,164 +101,7 @@ def validate_eval_config(pipeline_config):
   for field in ('model', 'eval_input_reader'):
     if not pipeline_config.HasField(field):
       raise ConfigError(field, None, 'must be set')
-  eval_config = pipeline_config.eval_config
-  choices = [f.name for f in eval_config.eval_input_type.DESCRIPTOR.oneofs_by_name['eval_input_type_oneof'].fields]
-  if not eval_config.HasField('eval_input_type'):
-    raise ConfigError('eval_config.eval_input_type', None,
-                      'must be set to one of {%s}: the network needs inputs of a fixed size' % ', '.join(choices))
-  type_path = 'eval_config.eval_input_type'
-  which = require_oneof(eval_config.eval_input_type, 'eval_input_type_oneof', type_path)
-  input_config = getattr(eval_config.eval_input_type, which)
-  path = '%s.%s' % (type_path, which)
-  fixed_size = window = None
-  if which == 'sliding_window_eval_input':
-    crop_height = _require_positive(input_config, 'crop_height', path)
-    crop_width = _require_positive(input_config, 'crop_width', path)
-    strides = []
-    for name, crop in (('stride_height', crop_height), ('stride_width', crop_width)):
-      value = getattr(input_config, name)
-      if not input_config.HasField(name) or not 1 <= value <= crop:
-        raise ConfigError('%s.%s' % (path, name), value if input_config.HasField(name) else None,
-                          'must be in [1, %d] (the crop size; a larger stride leaves pixels uncovered)' % crop)
-      strides.append(value)
-    if input_config.batch_size <= 0:
-      raise ConfigError(path + '.batch_size', input_config.batch_size, 'must be > 0')
-    window = SlidingWindow(crop_height, crop_width, strides[0], strides[1], input_config.batch_size)
-  else:
-    fixed_size = (_require_positive(input_config, 'height', path), _require_positive(input_config, 'width', path))
-  scales = tuple(eval_config.eval_scales) or (1.0,)
-  for i, scale in enumerate(eval_config.eval_scales):
-    if not 0.0 < scale <= MAX_SCALE:
-      raise ConfigError('eval_config.eval_scales[%d]' % i, scale, 'must be in (0, %g]' % MAX_SCALE)
-  if len(set(scales)) != len(scales):
-    raise ConfigError('eval_config.eval_scales', list(scales), 'must not repeat a value')
-  return EvalSpec(which, fixed_size, window, scales, bool(eval_config.flip_horizontally))
-
-
-def _pad_with_mean(image, height, width):
-  """Pads an image [h, w, 3] at the bottom/right with MEAN_RGB to height x width (each >= the image's size).
-
-  Each channel is padded with its own mean (as libs/preprocessor.pad_to_size does), so that the padding is
-  exactly 0 after the model's mean subtraction and a padded view equals the dataset's padded image.
-  """
-  with tf.name_scope('pad_with_mean'):
-    shape = tf.shape(image)
-    paddings = [[0, height - shape[0]], [0, width - shape[1]]]
-    return tf.stack([tf.pad(image[:, :, c], paddings, constant_values=MEAN_RGB[c])
-                     for c in range(len(MEAN_RGB))], axis=2)
-
-
-def _window_starts(size, crop, stride):
-  """int32 [n]: window origins along one axis of length size >= crop, the last one moved back to end at size."""
-  count = (size - crop + stride - 1) // stride + 1
-  return tf.minimum(tf.range(count) * stride, size - crop)
-
-
-def _fixed_size_probabilities(image, network_fn, height, width):
-  """Pads image [h, w, 3] (h <= height, w <= width) to height x width, runs the network, crops to h x w."""
-  with tf.name_scope('FixedSize'):
-    size = tf.shape(image)[:2]
-    padded = _pad_with_mean(image, height, width)
-    padded.set_shape([height, width, 3])
-    probabilities = network_fn(padded[tf.newaxis])[0]
-    return probabilities[:size[0], :size[1]]
-
-
-def _sliding_window_probabilities(image, network_fn, window):
-  """Averages the probabilities of overlapping windows over image [h, w, 3] (any size) -> [h, w, C]."""
-  with tf.name_scope('SlidingWindow'):
-    size = tf.shape(image)[:2]
-    crop_height, crop_width = window.crop_height, window.crop_width
-    padded = _pad_with_mean(image, tf.maximum(size[0], crop_height), tf.maximum(size[1], crop_width))
-    padded_size = tf.shape(padded)[:2]
-    rows, cols = tf.meshgrid(_window_starts(padded_size[0], crop_height, window.stride_height),
-                             _window_starts(padded_size[1], crop_width, window.stride_width), indexing='ij')
-    origins = tf.stack([tf.reshape(rows, [-1]), tf.reshape(cols, [-1])], axis=1)
-    num_windows = tf.shape(origins)[0]
-    num_classes = network_fn.num_classes
-
-    def body(start, sums, counts):
-      chunk = origins[start:start + window.batch_size]
-      row_index = chunk[:, 0:1] + tf.range(crop_height)[tf.newaxis]  # [b, crop_height]
-      col_index = chunk[:, 1:2] + tf.range(crop_width)[tf.newaxis]  # [b, crop_width]
-      crops = tf.gather(tf.gather(padded, row_index), col_index, axis=2, batch_dims=1)
-      crops.set_shape([None, crop_height, crop_width, 3])
-      probabilities = network_fn(crops)
-      grid_shape = tf.stack([tf.shape(chunk)[0], crop_height, crop_width])
-      indices = tf.stack([tf.broadcast_to(row_index[:, :, tf.newaxis], grid_shape),
-                          tf.broadcast_to(col_index[:, tf.newaxis, :], grid_shape)], axis=3)
-      sums = tf.tensor_scatter_nd_add(sums, indices, probabilities)
-      counts = tf.tensor_scatter_nd_add(counts, indices, tf.ones(grid_shape, tf.float32))
-      return start + window.batch_size, sums, counts
-
-    sums = tf.zeros(tf.concat([padded_size, [num_classes]], axis=0), tf.float32)
-    counts = tf.zeros(padded_size, tf.float32)
-    # One chunk at a time: the windows' activations are what bounds memory.
-    _, sums, counts = tf.while_loop(
-        lambda start, *_: start < num_windows, body, [tf.constant(0), sums, counts],
-        shape_invariants=[tf.TensorShape([]), tf.TensorShape([None, None, num_classes]),
-                          tf.TensorShape([None, None])],
-        parallel_iterations=1, back_prop=False)
-    return (sums / counts[:, :, tf.newaxis])[:size[0], :size[1]]
-
-
-def _scaled_size(size, scale):
-  return tf.maximum(tf.cast(tf.round(scale * tf.cast(size, tf.float32)), tf.int32), 1)
-
-
-def predict_probabilities(image, network_fn, spec):
-  """Class probabilities of one image, averaged over scales, mirror images and sliding windows.
-
-  Args:
-    image: float32 [h, w, 3], RGB in [0, 255]: the part of the input that is scored (no padding). With a
-      fixed_size, h <= height and w <= width.
-    network_fn: callable(images float32 [N, H, W, 3] with static H and W) -> softmax probabilities float32
-      [N, H, W, C] at the input's resolution, with a num_classes attribute (C).
-    spec: EvalSpec.
-
-  Returns:
-    float32 [h, w, C], each pixel's probabilities summing to 1.
-  """
-  with tf.name_scope('Inference'):
-    size = tf.shape(image)[:2]
-    views = []
-    for scale in spec.scales:
-      with tf.name_scope('Scale_%s' % ('%g' % scale).replace('.', '_')):
-        scaled = image if scale == 1.0 else resize_bilinear(image[tf.newaxis], _scaled_size(size, scale))[0]
-        for flipped in ((False, True) if spec.flip else (False,)):
-          view = tf.reverse(scaled, axis=[1]) if flipped else scaled
-          if spec.sliding_window is not None:
-            probabilities = _sliding_window_probabilities(view, network_fn, spec.sliding_window)
-          else:
-            height, width = (int(round(scale * d)) for d in spec.fixed_size)
-            probabilities = _fixed_size_probabilities(view, network_fn, max(height, 1), max(width, 1))
-          if flipped:
-            probabilities = tf.reverse(probabilities, axis=[1])
-          if scale != 1.0:
-            probabilities = resize_bilinear(probabilities[tf.newaxis], size)[0]
-          views.append(probabilities)
-    return views[0] if len(views) == 1 else tf.add_n(views) / float(len(views))
-
-
-class ModelProbabilities(object):
-  """network_fn for predict_probabilities(): the model in inference mode, variables created on the first call
-  and shared by every later call (scales, mirror images, window batches)."""
-
-  def __init__(self, model):
-    self._model = model
-    self._built = False
-
-  @property
-  def num_classes(self):
-    return self._model.num_classes
-
-  def __call__(self, images):
-    reuse = True if self._built else None
-    with tf.variable_scope(tf.get_variable_scope(), reuse=reuse):
-      predictions = self._model.predict(self._model.preprocess(images), reuse=reuse)
-    self._built = True
-    logits = self._model.postprocess(predictions, images.shape.as_list()[1:3])['logits']
-    return tf.nn.softmax(logits)
+  return eval_input_builder.build(pipeline_config.eval_config, model_builder.ignore_label(pipeline_config.model))
 
 
 class _EvalGraph(collections.namedtuple('_EvalGraph', [
@@ -318,21 +120,20 @@ def build_evaluation_graph(pipeline_config, image_summaries=False):
   Raises:
     ConfigError: for an invalid eval configuration.
   """
-  spec = validate_eval_config(pipeline_config)
+  eval_input = validate_eval_config(pipeline_config)
+  spec = eval_input.spec
   model_config = pipeline_config.model
   num_classes = model_builder.num_classes(model_config)
   ignore_label = model_builder.ignore_label(model_config)
   eval_config = pipeline_config.eval_config
 
   # Sliding windows take the image at its own size; the other modes pad or crop it in the input pipeline.
-  preprocess_fn = None if spec.sliding_window is not None else dataset_builder.build_eval_preprocess_fn(
-      eval_config, ignore_label)
   reader = input_reader_pb2.InputReader()
   reader.CopyFrom(pipeline_config.eval_input_reader)
   reader.num_epochs = 1  # One pass per checkpoint, whatever the config says (0 would repeat forever).
   with tf.device('/cpu:0'):
     dataset = dataset_builder.build(reader, batch_size=1, num_classes=num_classes, ignore_label=ignore_label,
-                                    preprocess_fn=preprocess_fn, field_path='eval_input_reader',
+                                    preprocess_fn=eval_input.preprocess_fn, field_path='eval_input_reader',
                                     drop_remainder=False)
     if eval_config.num_examples > 0:
       dataset = dataset.take(eval_config.num_examples)
@@ -349,7 +150,7 @@ def build_evaluation_graph(pipeline_config, image_summaries=False):
     width = tf.minimum(batch[fields.original_width][0], spec.fixed_size[1])
     image, label = image[:height, :width], label[:height, :width]
 
-  probabilities = predict_probabilities(image, ModelProbabilities(model), spec)
+  probabilities = inference_graph.predict_probabilities(image, inference_graph.ModelProbabilities(model), spec)
   with tf.name_scope('Metrics'):
     predictions = tf.argmax(probabilities, axis=2, output_type=tf.int32)
     confusion = metrics.confusion_matrix_tensor(label, predictions, num_classes, ignore_label)
@@ -374,71 +175,10 @@ def build_evaluation_graph(pipeline_config, image_summaries=False):
 
   restore_map = {v.op.name: v for v in slim.get_model_variables()}
   restore_map[global_step.op.name] = global_step
-  # No automatic deletion: _keep_best_checkpoint() removes earlier bests itself, also those of an earlier run.
+  # No automatic deletion: eval_results.update_best() removes earlier bests itself, also those of an earlier run.
   saver = tf.train.Saver(restore_map, max_to_keep=None)
   return _EvalGraph(iterator.initializer, fetches, image_fetches, global_step, saver, restore_map, spec,
                     num_classes)
-
-
-def checkpoint_step(path):
-  """The global step in a checkpoint name ('.../model.ckpt-1000' -> 1000), or None."""
-  match = _STEP_PATTERN.search(os.path.basename(path))
-  return int(match.group(1)) if match else None
-
-
-def _checkpoint_exists(path):
-  return tf.io.gfile.exists(path + '.index')
-
-
-def list_checkpoints(train_dir):
-  """The checkpoints of a training directory.
-
-  A checkpoint is ready when the `checkpoint` state file (which tf.train.Saver rewrites, atomically, after the
-  checkpoint's files are complete) names it or a later one; a newer .index file may still be being written.
-  Without a state file every checkpoint found is taken as ready.
-
-  Args:
-    train_dir: the trainer's --logdir.
-
-  Returns:
-    (ready, pending): lists of (global step, checkpoint prefix in train_dir), sorted by step.
-  """
-  found = {}
-  for index_file in glob.glob(os.path.join(glob.escape(train_dir), '*.index')):
-    prefix = index_file[:-len('.index')]
-    step = checkpoint_step(prefix)
-    if step is not None:
-      found[step] = prefix
-  try:
-    state = tf.train.get_checkpoint_state(train_dir)
-  except (tf.errors.OpError, ValueError):  # Unreadable (e.g. replaced under us): treat as absent.
-    state = None
-  latest_step = None
-  if state is not None:
-    for path in list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]:
-      step = checkpoint_step(path)
-      if step is not None:
-        # The trainer saves into its own directory; the state file may hold absolute paths of another machine.
-        found.setdefault(step, os.path.join(train_dir, os.path.basename(path)))
-        latest_step = step if latest_step is None else max(latest_step, step)
-  ordered = sorted(found.items())
-  if state is None:
-    return ordered, []
-  return ([c for c in ordered if c[0] <= latest_step], [c for c in ordered if c[0] > latest_step])
-
-
-def _results_path(eval_dir, step):
-  return os.path.join(eval_dir, RESULTS_DIR, 'step_%08d.json' % step)
-
-
-def evaluated_steps(eval_dir):
-  """Global steps with a results file in eval_dir (the record of what has been evaluated)."""
-  steps = set()
-  for path in glob.glob(os.path.join(glob.escape(eval_dir), RESULTS_DIR, 'step_*.json')):
-    match = re.match(r'step_(\d+)\.json$', os.path.basename(path))
-    if match:
-      steps.add(int(match.group(1)))
-  return steps
 
 
 def _parse_start_step(value, train_dir):
@@ -446,7 +186,7 @@ def _parse_start_step(value, train_dir):
   value = str(value)
   if value.isdigit():
     return int(value)
-  step = checkpoint_step(value)
+  step = checkpoint_utils.checkpoint_step(value)
   if step is None:
     raise ValueError('--evaluate_all_from_checkpoint = %r: expected a checkpoint like %s/model.ckpt-1000 (or '
                      'model.ckpt-1000, or a global step)' % (value, train_dir))
@@ -492,7 +232,7 @@ class _Evaluator(object):
     Raises:
       ValueError: the checkpoint does not hold the variables of the configured model.
     """
-    if not _checkpoint_exists(path):
+    if not checkpoint_utils.checkpoint_exists(path):
       logger.warning('Checkpoint %s was deleted (by the trainer\'s checkpoint retention?) before it could be '
                      'evaluated; skipped.', path)
       return 'skipped'
@@ -502,7 +242,7 @@ class _Evaluator(object):
       if not missing and not mismatched:
         _restore_checkpoint(self._g.saver, self._sess, path)
     except (tf.errors.OpError, OSError, ValueError) as e:  # ValueError: Saver's "not a valid checkpoint"
-      if not _checkpoint_exists(path):
+      if not checkpoint_utils.checkpoint_exists(path):
         logger.warning('Checkpoint %s was deleted (by the trainer\'s checkpoint retention?) while it was being '
                        'restored; skipped.', path)
         return 'skipped'
@@ -559,84 +299,28 @@ class _Evaluator(object):
     self.results.append(results)
 
   def _results(self, step, path, confusion, loss_sum, num_pixels, num_images, seconds):
-    values = metrics.compute_metrics(confusion, self._class_names)
-    spec = self._g.spec
     eval_loss = loss_sum / num_pixels if num_pixels else float('nan')
-    return {
-        'global_step': step,
-        'checkpoint': path,
-        'mIoU': values['mIoU'],
-        'pixel_accuracy': values['pixel_accuracy'],
-        'mean_class_accuracy': values['mean_class_accuracy'],
-        'eval_loss': eval_loss,
-        'class_iou': values['class_iou'],
-        'class_accuracy': values['class_accuracy'],
-        'num_images': num_images,
-        'num_pixels': num_pixels,
-        'class_names': self._class_names,
-        'confusion_matrix': confusion.tolist(),
-        'eval_input': {
-            'type': spec.input_type,
-            'size': list(spec.fixed_size) if spec.fixed_size else None,
-            'sliding_window': dict(spec.sliding_window._asdict()) if spec.sliding_window else None,
-            'scales': list(spec.scales),
-            'flip_horizontally': spec.flip,
-        },
-        'seconds': seconds,
-        'evaluated_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-    }
+    return eval_results.results_dict(step, path, confusion, self._class_names, eval_loss, num_images, num_pixels,
+                                     self._g.spec, seconds)
 
   def _write(self, step, results, images):
-    summary = metrics.scalar_summary(results, results['eval_loss'])
-    for i, pngs in enumerate(images):
-      for name in ('Input', 'GroundTruth', 'Prediction'):
-        summary.value.add(tag='%s/%s/%d' % (EVAL_IMAGES_PREFIX, name, i), image=_image_summary(pngs[name]))
-    self._writer.add_summary(summary, step)
-    self._writer.flush()
+    eval_results.write_summary(self._writer, step, results, images)
     logger.info('Global step %d: mIoU %.4f, pixel accuracy %.4f, mean class accuracy %.4f, eval loss %.4f '
                 '(%d images, %.1f s)', step, results['mIoU'], results['pixel_accuracy'],
                 results['mean_class_accuracy'], results['eval_loss'], results['num_images'], results['seconds'])
     if self._options.verbose:
       logger.info('Global step %d per class:\n%s', step, metrics.format_table(results))
-    self._update_best(step, results)
-    # Written last: the results file is also the record that this step is done.
-    metrics.write_json(_results_path(self._eval_dir, step), results)
-
-  def _update_best(self, step, results):
-    best_path = os.path.join(self._eval_dir, BEST_JSON)
-    best = metrics.read_json(best_path)
-    miou = results['mIoU']
-    if math.isnan(miou) or (best and best.get('mIoU') is not None and best['mIoU'] >= miou):
-      return
-    kept = None
+    save_weights = None
     if self._options.keep_best_checkpoint:
-      kept = self._keep_best_checkpoint(step)
-    metrics.write_json(best_path, {
-        'global_step': step, 'checkpoint': results['checkpoint'], 'mIoU': miou,
-        'pixel_accuracy': results['pixel_accuracy'], 'mean_class_accuracy': results['mean_class_accuracy'],
-        'results_file': os.path.relpath(_results_path(self._eval_dir, step), self._eval_dir),
-        'kept_checkpoint': kept})
-    logger.info('New best mIoU %.4f at global step %d%s.', miou, step, (' (weights kept in %s)' % kept) if kept
-                else '')
-
-  def _keep_best_checkpoint(self, step):
-    best_dir = os.path.join(self._eval_dir, BEST_DIR)
-    tf.io.gfile.makedirs(best_dir)
-    prefix = self._g.saver.save(self._sess, os.path.join(best_dir, BEST_CHECKPOINT_BASENAME), global_step=step,
-                                write_meta_graph=False, write_state=False)
-    # The state file makes best/ a checkpoint directory (tf.train.latest_checkpoint, fine_tune_checkpoint).
-    name = os.path.basename(prefix)
-    config_util.atomic_write(os.path.join(best_dir, 'checkpoint'), 'model_checkpoint_path: "%s"\n'
-                                  'all_model_checkpoint_paths: "%s"\n' % (name, name))
-    # Earlier bests, also those of a previous run of the evaluator.
-    for path in glob.glob(os.path.join(glob.escape(best_dir), BEST_CHECKPOINT_BASENAME + '-*')):
-      if not os.path.basename(path).startswith(os.path.basename(prefix) + '.'):
-        os.remove(path)
-    return prefix
+      save_weights = lambda prefix: self._g.saver.save(  # pylint: disable=g-long-lambda
+          self._sess, prefix, global_step=step, write_meta_graph=False, write_state=False)
+    eval_results.update_best(self._eval_dir, step, results, save_weights)
+    # Written last: the results file is also the record that this step is done.
+    eval_results.write_results(self._eval_dir, step, results)
 
   def evaluate_range(self, start_step):
     """evaluate_all_from_checkpoint: every ready checkpoint from start_step on, once each."""
-    ready, pending = list_checkpoints(self._train_dir)
+    ready, pending = checkpoint_utils.list_checkpoints(self._train_dir)
     todo = [c for c in ready if c[0] >= start_step]
     if not todo:
       logger.warning('No checkpoint from global step %d on in %s.', start_step, self._train_dir)
@@ -654,7 +338,7 @@ class _Evaluator(object):
     """Waits for new checkpoints and evaluates each once, until done (see the module docstring)."""
     options = self._options
     num_steps = self._config.train_config.num_steps
-    done = evaluated_steps(self._eval_dir)
+    done = eval_results.evaluated_steps(self._eval_dir)
     if done:
       logger.info('%s already holds results of %d checkpoints (up to global step %d); they are not '
                   're-evaluated.', self._eval_dir, len(done), max(done))
@@ -666,7 +350,7 @@ class _Evaluator(object):
         logger.info('Global step %d reached train_config.num_steps = %d: training is over; stopping.', last_step,
                     num_steps)
         return
-      ready, _ = list_checkpoints(self._train_dir)
+      ready, _ = checkpoint_utils.list_checkpoints(self._train_dir)
       new = [c for c in ready if c[0] > last_step]
       if new:
         step, path = new[-1]
@@ -700,12 +384,6 @@ class _Evaluator(object):
 def _restore_checkpoint(saver, sess, path):
   """Restores path into sess (module-level so that tests can interpose a deletion)."""
   saver.restore(sess, path)
-
-
-def _image_summary(png):
-  """tf.Summary.Image of PNG bytes (the size is read from the PNG header)."""
-  width, height = int.from_bytes(png[16:20], 'big'), int.from_bytes(png[20:24], 'big')
-  return tf.Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
 
 
 def evaluate(pipeline_config, train_dir, eval_dir, options=None, config_path=None):

@@ -24,12 +24,14 @@ import signal
 import time
 
 from builders import dataset_builder
+from builders import eval_input_builder
 from builders import model_builder
 from builders import optimizer_builder
 from builders import preprocessor_builder
 from libs import checkpoint_utils
 from libs import config_util
 from libs import deployment
+from libs import memory
 from libs import memory_saving_gradients
 from libs import summaries
 from libs.compat import tf
@@ -41,7 +43,10 @@ logger = tf.get_logger()
 CHECKPOINT_BASENAME = 'model.ckpt'
 FINE_TUNE_TYPES = ('classification', 'segmentation')
 WORKER_POLL_SECS = 2
-NUM_BACKBONE_BLOCKS = 4
+# Seconds the session waits at the end for its threads. The only threads are SyncReplicasOptimizer's chief queue
+# runner, which blocks for good once the other workers have left (it waits for their gradients): TensorFlow's
+# 120 s default only delays the chief's exit.
+SYNC_REPLICAS_STOP_GRACE_SECS = 5
 
 
 class TrainOptions(collections.namedtuple('TrainOptions', [
@@ -106,9 +111,10 @@ def validate_train_config(pipeline_config, num_clones):
   if train_config.freeze_fine_tune_backbone and not train_config.fine_tune_checkpoint:
     raise ConfigError('train_config.freeze_fine_tune_backbone', True,
                       'needs train_config.fine_tune_checkpoint (a frozen random backbone cannot learn)')
-  if train_config.recompute_backbone_blocks > NUM_BACKBONE_BLOCKS:
+  num_blocks = model_builder.build(pipeline_config.model, is_training=True).num_backbone_blocks
+  if train_config.recompute_backbone_blocks > num_blocks:
     raise ConfigError('train_config.recompute_backbone_blocks', train_config.recompute_backbone_blocks,
-                      'allowed: 0 (keep every activation) to %d (the backbone\'s blocks)' % NUM_BACKBONE_BLOCKS)
+                      'allowed: 0 (keep every activation) to %d (the backbone\'s blocks)' % num_blocks)
   _check_crop_fits_eval_pad(pipeline_config)
 
 
@@ -116,12 +122,14 @@ def _check_crop_fits_eval_pad(pipeline_config):
   """A training crop larger than the padded evaluation size means the model is evaluated on inputs smaller
   than those it was trained on, always a config slip (the seed's recipe: crop 713, pad 1025 x 2049)."""
   size = preprocessor_builder.output_size(pipeline_config.train_config.preprocessor_step)
-  eval_type = pipeline_config.eval_config.eval_input_type
-  if size is None or eval_type.WhichOneof('eval_input_type_oneof') != 'padded_eval_input':
+  if size is None or not pipeline_config.eval_config.HasField('eval_input_type'):
     return
-  pad = eval_type.padded_eval_input
-  for dim, crop, padded in (('height', size[0], pad.height), ('width', size[1], pad.width)):
-    if padded and crop > padded:
+  spec = eval_input_builder.build(pipeline_config.eval_config,
+                                  model_builder.ignore_label(pipeline_config.model)).spec
+  if spec.input_type != 'padded_eval_input':
+    return
+  for dim, crop, padded in zip(('height', 'width'), size, spec.fixed_size):
+    if crop > padded:
       raise ConfigError('eval_config.eval_input_type.padded_eval_input.' + dim, padded,
                         'must be >= the training crop %s (%d) of train_config.preprocessor_step' % (dim, crop))
 
@@ -157,11 +165,6 @@ class _Graph(collections.namedtuple('_Graph', [
   batch-norm moving-average updates it runs; optimizer is the (possibly SyncReplicas-wrapped) optimizer."""
 
 
-def _sync_batch_norm(model_config):
-  which = model_config.WhichOneof('model')
-  return bool(which and getattr(model_config, which).hyperparams.batch_norm.sync_across_clones)
-
-
 def build_training_graph(pipeline_config, options):
   """Builds input, clones, losses, gradients and the train op in the default graph.
 
@@ -173,7 +176,7 @@ def build_training_graph(pipeline_config, options):
   num_clones = options.num_clones
   num_classes = model_builder.num_classes(model_config)
   ignore_label = model_builder.ignore_label(model_config)
-  synchronized = _sync_batch_norm(model_config) and num_clones > 1
+  synchronized = model_builder.sync_batch_norm(model_config) and num_clones > 1
 
   global_step = tf.train.get_or_create_global_step()
   batch = build_input(pipeline_config, num_classes, ignore_label)
@@ -204,7 +207,10 @@ def build_training_graph(pipeline_config, options):
     reg_loss = tf.add_n(regularization) if (regularization and train_config.add_regularization_loss) \
         else tf.constant(0.0)
     reg_loss = tf.identity(reg_loss, name='regularization_loss')
-  trainable = _variables_to_train(train_config)
+  backbone_prefix = main_model.backbone_scope + '/'
+  trainable = tf.trainable_variables()
+  if train_config.freeze_fine_tune_backbone:
+    trainable = [v for v in trainable if not v.op.name.startswith(backbone_prefix)]
   grads_and_vars = deployment.clone_gradients(
       clones, clone_losses, trainable,
       regularization_loss=reg_loss if train_config.add_regularization_loss and regularization else None,
@@ -213,7 +219,7 @@ def build_training_graph(pipeline_config, options):
   # Moving averages of batch norm come from the first clone only (model_deploy's convention); with a frozen
   # backbone its statistics stay as restored.
   update_ops = [op for op in tf.get_collection(tf.GraphKeys.UPDATE_OPS, clones[0].scope or None)
-                if not (train_config.freeze_fine_tune_backbone and 'SharedFeatureExtractor/' in op.name)]
+                if not (train_config.freeze_fine_tune_backbone and backbone_prefix in op.name)]
   with deployment.device_scope(variables_device):
     apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
   with tf.control_dependencies([apply_op] + update_ops):
@@ -226,10 +232,10 @@ def build_training_graph(pipeline_config, options):
     data_loss = tf.add_n(clone_losses) / float(num_clones)
     total_loss = tf.identity(data_loss + reg_loss, name='total_loss')
 
+  test_model = model_builder.build(model_config, is_training=False) if options.test_image_summaries else None
   summary_op = summaries.training_summaries(
       total_loss, losses, learning_rate, clone_batches[0], main_predictions, main_model,
-      image_summaries=options.image_summaries, test_image_summaries=options.test_image_summaries,
-      model_config=model_config)
+      image_summaries=options.image_summaries, test_model=test_model)
   return _Graph(train_op, global_step, total_loss, losses, learning_rate, summary_op, main_model,
                 train_config.batch_size, update_ops, optimizer)
 
@@ -255,13 +261,6 @@ def _gradients_fn(train_config, options, model):
               '(train_config.recompute_backbone_blocks: %d; 0 keeps every activation): %s', blocks, blocks,
               ', '.join(nodes))
   return memory_saving_gradients.make_gradients_fn(nodes, colocate_gradients_with_ops=True)
-
-
-def _variables_to_train(train_config):
-  variables = tf.trainable_variables()
-  if train_config.freeze_fine_tune_backbone:
-    variables = [v for v in variables if not v.op.name.startswith('SharedFeatureExtractor/')]
-  return variables
 
 
 class _Progress(object):
@@ -387,9 +386,7 @@ def train(pipeline_config, logdir, options=None, config_path=None):
       saver = tf.train.Saver(max_to_keep=options.max_checkpoints_to_keep,
                              keep_checkpoint_every_n_hours=options.keep_checkpoint_every_n_hours,
                              sharded=cluster is not None and cluster.num_ps_tasks > 1)
-  logger.info('CPU memory allocator: %s (TF_CPU_ALLOCATOR_USE_BFC=%s).',
-              'BFC' if os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', '').lower() in ('1', 'true') else 'default',
-              os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', 'unset'))
+  logger.info('CPU memory allocator: %s.', memory.cpu_allocator_description())
   if is_chief:
     config_util.save_pipeline_config(pipeline_config, logdir)
     if latest is not None:
@@ -416,7 +413,7 @@ def train(pipeline_config, logdir, options=None, config_path=None):
         logger.info('Synchronous replicas: the first step waits for gradients from all %d workers.',
                     cluster.num_replicas)
     chief_hooks = [
-        # save_graph_def=False: no graph.pbtxt / .meta per checkpoint (seconds each for PSPNet50, and
+        # save_graph_def=False: no graph.pbtxt / .meta per checkpoint (slow for PSPNet50's large graph, and
         # export.py writes deployable graphs); TensorBoard gets the graph from the summary writer.
         tf.train.CheckpointSaverHook(logdir, save_secs=options.save_interval_secs, saver=saver,
                                      checkpoint_basename=CHECKPOINT_BASENAME, save_graph_def=False),
@@ -432,7 +429,9 @@ def train(pipeline_config, logdir, options=None, config_path=None):
       hooks = hooks + chief_hooks
     else:
       session_creator = _WorkerSessionCreator(scaffold=scaffold, master=master, config=_session_config(options))
-    with tf.train.MonitoredSession(session_creator=session_creator, hooks=hooks) as sess, \
+    grace = SYNC_REPLICAS_STOP_GRACE_SECS if isinstance(g.optimizer, tf.train.SyncReplicasOptimizer) else 120
+    with tf.train.MonitoredSession(session_creator=session_creator, hooks=hooks,
+                                   stop_grace_period_secs=grace) as sess, \
         _StopRequest() as stop:
       step = int(sess.run(g.global_step)) if not sess.should_stop() else None
       if step is not None:

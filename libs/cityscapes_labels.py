@@ -207,23 +207,3 @@ def unknown_label_ids(label_id_array):
   label_id_array = _as_byte_indices(label_id_array, 'label id array')
   values = np.unique(label_id_array)
   return [int(v) for v in values if not _KNOWN_LABEL_ID[v]]
-
-
-def colorize_train_ids(train_id_array):
-  """Paints a train-id map (labels or predictions) in the official Cityscapes colours.
-
-  Args:
-    train_id_array: integer array [H, W] with values in [0, 255]; 255 (ignore) and any other value that is no
-      train id are painted black.
-
-  Returns:
-    uint8 array [H, W, 3] of RGB colours.
-
-  Raises:
-    ValueError: the array is not 2-D, not integer-typed, or has values outside [0, 255].
-  """
-  train_id_array = np.asarray(train_id_array)
-  if train_id_array.ndim != 2:
-    raise ValueError('train id array must be 2-D [H, W], got shape %s' % (train_id_array.shape,))
-  train_id_array = _as_byte_indices(train_id_array, 'train id array')
-  return _PALETTE_256[train_id_array]

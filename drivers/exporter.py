@@ -1,23 +1,11 @@
-"""Inference graphs and what is exported from them: frozen graphs, SavedModels, model figures, seed checkpoints.
+"""What is exported from a trained checkpoint: frozen graphs, SavedModels, model figures, seed checkpoints.
 
 The deployment conventions follow the TF Object Detection API's exporter (`frozen_inference_graph.pb` and
 `saved_model/` with a `serving_default` signature beside each other, input and output tensors with fixed names),
-and the original TF1 PSPNet/ICNet toolkit's `--input_shape` / `--pad_to_shape` pair:
-
-    inputs        uint8 [N, H, W, 3] (or [H, W, 3]) RGB, the placeholder named `inputs`
-      -> Preprocessor (subtract MEAN_RGB)
-      -> PadToNetworkShape: zero padding at the bottom/right up to the network shape (zero after the mean
-         subtraction = the mean colour, as the padded evaluation input of builders/dataset_builder.py)
-      -> SharedFeatureExtractor / PSPModule / Logits (inference mode: moving batch-norm statistics, no dropout,
-         no auxiliary head)
-      -> Postprocessor: logits upsampled (aligned corners) to the network shape, arg-max
-      -> CropToInput: back to H x W
-    predictions   int32 [N, H, W] (or [H, W]) train ids, the tensor named `predictions`
-
-The network shape must be static (the pyramid pooling bins depend on it); the input's H and W may be dynamic
-(any image up to the network shape). When not given, the network shape is the input shape rounded up to the
-next size s with (s - 1) divisible by the output stride, so that the stride-8 logits zoom back exactly
-(1024 x 2048 -> 1025 x 2049, the padding of the Cityscapes eval config; 713 stays 713).
+and the original TF1 PSPNet/ICNet toolkit's `--input_shape` / `--pad_to_shape` pair. Both graphs are
+drivers/inference_graph.build_inference_graph's: uint8 `inputs` [N, H, W, 3] (or [H, W, 3]) -> int32
+`predictions` [N, H, W] (or [H, W]) train ids, at a static network shape the input is padded to; the frozen graph
+is made by libs/frozen_graph.py.
 
 Model figures (the comparison the seed motivates PSPNet50 with: parameters, FLOPs, inference time):
   * parameters of the inference graph: model variables without the batch-norm moving statistics (46,591,571
@@ -42,25 +30,23 @@ import numpy as np
 
 from architectures import pspnet_architecture
 from builders import model_builder
+from drivers import inference_graph
+from drivers.inference_graph import INPUT_NAME
+from drivers.inference_graph import OUTPUT_NAME
 from libs import checkpoint_utils
 from libs import config_util
+from libs import frozen_graph
 from libs.compat import slim
 from libs.compat import tf
-from protos import model_pb2
 
 # pylint: disable=g-direct-tensorflow-import,g-bad-import-order
-# The non-deprecated implementation behind tf.compat.v1.graph_util.convert_variables_to_constants (which
-# only wraps it and logs a deprecation warning); it handles resource variables.
-from tensorflow.python.framework import convert_to_constants
-# The profiler, the freezer and the SavedModel signature helpers call TF1 helpers that log a deprecation
-# notice on every export; they are the intended graph-mode APIs here, so the notices are silenced around them.
+# The profiler and the SavedModel signature helpers call TF1 helpers that log a deprecation notice on every
+# export; they are the intended graph-mode APIs here, so the notices are silenced around them.
 from tensorflow.python.util import deprecation
 # pylint: enable=g-direct-tensorflow-import,g-bad-import-order
 
 logger = tf.get_logger()
 
-INPUT_NAME = 'inputs'
-OUTPUT_NAME = 'predictions'
 SIGNATURE_NAME = 'serving_default'
 FROZEN_GRAPH_NAME = 'frozen_inference_graph.pb'
 SAVED_MODEL_DIR = 'saved_model'
@@ -94,314 +80,6 @@ def part_of(name):
     if name.startswith(prefix):
       return part
   return 'other'
-
-
-def parse_shape(text, flag, ranks):
-  """Parses a shape flag like '1,1024,2048,3' or '1025,2049'.
-
-  Args:
-    text: comma-separated integers; -1 marks a dynamic dimension. Empty: None.
-    flag: the flag name, for error messages.
-    ranks: allowed numbers of values.
-
-  Returns:
-    tuple of ints (None for -1), or None for an empty text.
-
-  Raises:
-    ValueError: naming the flag and the value, for a malformed shape.
-  """
-  if text is None or not text.strip():
-    return None
-  try:
-    dims = [int(part) for part in text.split(',')]
-  except ValueError:
-    raise ValueError('%s = %r: expected comma-separated integers, e.g. %s' % (
-        flag, text, ','.join(['1', '1024', '2048', '3'][-max(ranks):]))) from None
-  if len(dims) not in ranks:
-    raise ValueError('%s = %r: expected %s values, got %d' % (
-        flag, text, ' or '.join(str(r) for r in ranks), len(dims)))
-  if any(d == 0 or d < -1 for d in dims):
-    raise ValueError('%s = %r: dimensions must be > 0 (or -1 for any size)' % (flag, text))
-  return tuple(None if d == -1 else d for d in dims)
-
-
-def output_stride(model_config):
-  """The backbone output stride of a Model config (8 unless set)."""
-  which = model_config.WhichOneof('model')
-  return getattr(model_config, which).feature_extractor.output_stride if which else 8
-
-
-def exact_zoom_size(size, stride):
-  """Smallest s >= size with (s - 1) % stride == 0: the logits (s - 1) / stride + 1 zoom back exactly."""
-  return size + (-(size - 1)) % stride
-
-
-def resolve_network_shape(image_size, pad_to_shape, stride, input_flag='--input_shape',
-                          pad_flag='--pad_to_shape'):
-  """The static (height, width) the network is built for.
-
-  Args:
-    image_size: (height, width) of the input, entries None when dynamic.
-    pad_to_shape: (height, width) or None (round image_size up to an exact-zoom size).
-    stride: the backbone output stride.
-    input_flag, pad_flag: flag names for error messages.
-
-  Returns:
-    (height, width) ints.
-
-  Raises:
-    ValueError: if the shape cannot be static or the padding is smaller than the input.
-  """
-  if pad_to_shape is None:
-    if None in image_size:
-      raise ValueError('%s = %s has a dynamic height or width: give %s (the static size the network is '
-                       'built for, e.g. 1025,2049)' % (input_flag, _shape_text(image_size), pad_flag))
-    return tuple(exact_zoom_size(s, stride) for s in image_size)
-  if None in pad_to_shape:
-    raise ValueError('%s = %s: the network shape must be static (no -1)' % (pad_flag, _shape_text(pad_to_shape)))
-  for size, padded in zip(image_size, pad_to_shape):
-    if size is not None and padded < size:
-      raise ValueError('%s = %s is smaller than %s = %s: padding cannot shrink the input' % (
-          pad_flag, _shape_text(pad_to_shape), input_flag, _shape_text(image_size)))
-  return tuple(pad_to_shape)
-
-
-def _shape_text(shape):
-  return ','.join('-1' if d is None else str(d) for d in shape)
-
-
-def build_inference_model(model_config):
-  """The model in inference mode, without its weight regularizer (no L2 ops in an inference graph; the
-  variables are the same)."""
-  config = model_pb2.Model()
-  config.CopyFrom(model_config)
-  which = config.WhichOneof('model')
-  if which:
-    getattr(config, which).hyperparams.ClearField('regularizer')
-  return model_builder.build(config, is_training=False)
-
-
-COMPUTE_DTYPES = ('float32', 'bfloat16')
-
-
-def compute_dtype_of(name, flag='--compute_dtype'):
-  """tf dtype of a COMPUTE_DTYPES name (None: float32).
-
-  Raises:
-    ValueError: naming the flag, for another name.
-  """
-  if name in (None, ''):
-    return tf.float32
-  if name not in COMPUTE_DTYPES:
-    raise ValueError('%s = %r: allowed: %s' % (flag, name, ', '.join(COMPUTE_DTYPES)))
-  return tf.as_dtype(name)
-
-
-class InferenceGraph(collections.namedtuple('InferenceGraph', ['inputs', 'predictions', 'network_shape'])):
-  """Endpoints of an inference graph: the uint8 input placeholder, the int32 train-id predictions (same rank and
-  spatial size as the input, without channels) and the static (height, width) the network runs at."""
-
-
-def build_inference_graph(model, input_shape, network_shape, reuse=None, input_name=INPUT_NAME,
-                          output_name=OUTPUT_NAME, compute_dtype=None):
-  """Builds placeholder -> pad -> network -> crop in the default graph (see the module docstring).
-
-  Args:
-    model: an inference-mode model (build_inference_model).
-    input_shape: [N, H, W, 3] or [H, W, 3], entries None when dynamic; H and W at most network_shape.
-    network_shape: static (height, width) of the network.
-    reuse: reuse the model's existing variables (a second network shape in the same graph).
-    input_name, output_name: names of the placeholder and the predictions.
-    compute_dtype: None or 'float32' (the default), or 'bfloat16': the network runs in bfloat16 (variables and
-      checkpoints stay float32; the logits are upsampled and arg-maxed in float32). COMPUTE_DTYPES.
-
-  Returns:
-    InferenceGraph.
-
-  Raises:
-    ValueError: for a bad input shape.
-  """
-  input_shape = list(input_shape)
-  if len(input_shape) not in (3, 4) or input_shape[-1] != 3:
-    raise ValueError('input shape must be [N, H, W, 3] or [H, W, 3], got %s' % (input_shape,))
-  batched = len(input_shape) == 4
-  net_h, net_w = network_shape
-  inputs = tf.placeholder(tf.uint8, input_shape, name=input_name)
-  images = inputs if batched else inputs[tf.newaxis]
-  in_h, in_w = images.shape.as_list()[1:3]
-  preprocessed = model.preprocess(images)
-  with tf.name_scope('PadToNetworkShape'):
-    size = tf.shape(images)[1:3]
-    checks = []
-    if in_h is None or in_w is None:
-      # A larger image would make the padding negative: say so instead of failing inside tf.pad.
-      checks.append(tf.debugging.assert_less_equal(
-          size, tf.constant([net_h, net_w]),
-          message='input image larger than the network shape %dx%d (export/inference --pad_to_shape)'
-          % (net_h, net_w)))
-    if (in_h, in_w) != (net_h, net_w):
-      with tf.control_dependencies(checks):
-        paddings = [[0, 0], [0, net_h - size[0]], [0, net_w - size[1]], [0, 0]]
-        # After the mean subtraction zero is the mean colour.
-        preprocessed = tf.pad(preprocessed, paddings)
-      preprocessed.set_shape([images.shape[0], net_h, net_w, 3])
-  dtype = compute_dtype_of(compute_dtype)
-  if dtype != tf.float32:
-    preprocessed = tf.cast(preprocessed, dtype)
-  prediction_dict = dict(model.predict(preprocessed, reuse=reuse))
-  prediction_dict['logits'] = tf.cast(prediction_dict['logits'], tf.float32)
-  predictions = model.postprocess(prediction_dict, [net_h, net_w])['predictions']
-  with tf.name_scope('CropToInput'):
-    if (in_h, in_w) != (net_h, net_w):
-      predictions = predictions[:, :size[0], :size[1]]
-      predictions.set_shape([images.shape[0], in_h, in_w])
-    if not batched:
-      predictions = predictions[0]
-  predictions = tf.identity(predictions, name=output_name)
-  return InferenceGraph(inputs, predictions, (net_h, net_w))
-
-
-def checked_restore_map(checkpoint_path, flag='--trained_checkpoint'):
-  """{name: variable} of every model variable of the default graph, after checking the checkpoint has them all.
-
-  Raises:
-    ValueError: if the checkpoint lacks a model variable or holds it with another shape (a checkpoint of a
-      different config).
-  """
-  var_map = {v.op.name: v for v in slim.get_model_variables()}
-  restorable, missing, mismatched = checkpoint_utils.filter_restore_map(var_map, checkpoint_path, log=False)
-  if missing or mismatched:
-    problems = ['not in checkpoint: %s' % name for name in missing[:5]] + mismatched[:5]
-    raise ValueError('%s = %r does not fit the model of the config: %d of %d model variables missing, %d with '
-                     'another shape (e.g. %s)' % (flag, checkpoint_path, len(missing), len(var_map),
-                                                  len(mismatched), '; '.join(problems)))
-  return restorable
-
-
-def restore_model_variables(sess, checkpoint_path, flag='--trained_checkpoint'):
-  """Restores every model variable of the default graph from a checkpoint (checked_restore_map).
-
-  Returns:
-    The number of variables restored.
-  """
-  restorable = checked_restore_map(checkpoint_path, flag)
-  tf.train.Saver(restorable, name='restore_model').restore(sess, checkpoint_path)
-  return len(restorable)
-
-
-def freeze(sess, graph_def, output_names=(OUTPUT_NAME,), fold_batch_norm=False):
-  """Returns a GraphDef with the variables replaced by their current values, pruned to the outputs and
-  without device placements (so a graph exported on a GPU machine loads anywhere); with fold_batch_norm, the
-  inference batch norms are folded into the convolutions before them (fold_batch_norms)."""
-  with deprecation.silence():
-    frozen = convert_to_constants.convert_variables_to_constants_from_session_graph(
-        sess, graph_def, list(output_names))
-  for node in frozen.node:
-    node.device = ''
-  if fold_batch_norm:
-    frozen, _ = fold_batch_norms(frozen, output_names)
-  return frozen
-
-
-_BATCH_NORM_TYPES = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
-# Ops between a convolution and its batch norm that move pixels but never mix channels, so a per-channel scale
-# commutes with them (slim's atrous convolution ends in BatchToSpaceND).
-_CHANNEL_PRESERVING_TYPES = ('BatchToSpaceND',)
-
-
-def fold_batch_norms(graph_def, output_names=(OUTPUT_NAME,)):
-  """Folds inference-mode batch norms into the convolution weights before them, in a frozen GraphDef.
-
-  Each FusedBatchNorm(is_training=false) of y = Conv2D(x, W) (possibly through BatchToSpaceND) becomes
-
-      scale = gamma / sqrt(moving_variance + epsilon)
-      Conv2D(x, W * scale) -> BiasAdd(beta - moving_mean * scale)
-
-  under the batch norm's own name (so its consumers are unchanged). W, gamma, beta and the statistics must be
-  constants (through Identity/Cast, as freeze() leaves them) used by nothing else; other batch norms are left
-  as they are. The arithmetic is done in float64 and stored in each constant's dtype.
-
-  Args:
-    graph_def: a frozen GraphDef.
-    output_names: nodes to keep; the result is pruned to what they need.
-
-  Returns:
-    (new GraphDef, number of batch norms folded).
-  """
-  graph_def_copy = tf.GraphDef()
-  graph_def_copy.CopyFrom(graph_def)
-  nodes = {node.name: node for node in graph_def_copy.node}
-  consumers = collections.defaultdict(list)
-  for node in graph_def_copy.node:
-    for name in node.input:
-      consumers[name.lstrip('^').split(':')[0]].append(node)
-
-  def producer(input_name):
-    return nodes.get(input_name.lstrip('^').split(':')[0])
-
-  def only_consumer(node, consumer):
-    return [c.name for c in consumers[node.name]] == [consumer.name]
-
-  def constant_through(node, allowed=('Identity',)):
-    """The Const node behind a chain of single-consumer `allowed` nodes, or None."""
-    while node is not None and node.op in allowed:
-      parent = producer(node.input[0])
-      if parent is None or not only_consumer(parent, node):
-        return None
-      node = parent
-    return node if node is not None and node.op == 'Const' else None
-
-  def value(const):
-    return tf.make_ndarray(const.attr['value'].tensor)
-
-  folded = 0
-  for bn in list(graph_def_copy.node):
-    if bn.op not in _BATCH_NORM_TYPES or bn.attr['is_training'].b:
-      continue
-    if bn.attr['data_format'].s not in (b'', b'NHWC'):
-      continue
-    if any(':' in c_input and not c_input.endswith(':0')
-           for c in consumers[bn.name] for c_input in c.input if c_input.split(':')[0] == bn.name):
-      continue  # something reads the batch statistics outputs
-    between = []
-    conv = producer(bn.input[0])
-    while conv is not None and conv.op in _CHANNEL_PRESERVING_TYPES and only_consumer(conv, between[-1] if
-                                                                                      between else bn):
-      between.append(conv)
-      conv = producer(conv.input[0])
-    if conv is None or conv.op != 'Conv2D' or not only_consumer(conv, between[-1] if between else bn):
-      continue
-    if conv.attr['data_format'].s not in (b'', b'NHWC'):
-      continue
-    weights = constant_through(producer(conv.input[1]), ('Identity', 'Cast'))
-    params = [constant_through(producer(name)) for name in bn.input[1:5]]
-    if weights is None or None in params:
-      continue
-    gamma, beta, mean, variance = (value(p).astype(np.float64) for p in params)
-    scale = gamma / np.sqrt(variance + bn.attr['epsilon'].f)
-    kernel = value(weights)
-    weights.attr['value'].tensor.CopyFrom(tf.make_tensor_proto((kernel.astype(np.float64) * scale).astype(
-        kernel.dtype)))
-    bn_name, data_input, bias_dtype = bn.name, bn.input[0], tf.as_dtype(bn.attr['T'].type)
-    bias = (beta - mean * scale).astype(np.float32)
-    bias_name = bn_name + '/folded_bias'
-    bias_node = graph_def_copy.node.add(name=bias_name, op='Const')
-    bias_node.attr['dtype'].type = tf.float32.as_datatype_enum
-    bias_node.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(bias))
-    if bias_dtype != tf.float32:
-      cast = graph_def_copy.node.add(name=bias_name + '/Cast', op='Cast', input=[bias_name])
-      cast.attr['SrcT'].type = tf.float32.as_datatype_enum
-      cast.attr['DstT'].type = bias_dtype.as_datatype_enum
-      bias_name = cast.name
-    bn.Clear()  # the batch norm node becomes the BiasAdd, keeping its name
-    bn.name, bn.op = bn_name, 'BiasAdd'
-    bn.input.extend([data_input, bias_name])
-    bn.attr['T'].type = bias_dtype.as_datatype_enum
-    bn.attr['data_format'].s = b'NHWC'
-    folded += 1
-  with deprecation.silence():
-    pruned = tf.graph_util.extract_sub_graph(graph_def_copy, list(output_names))
-  return pruned, folded
 
 
 def write_saved_model(sess, graph, export_dir):
@@ -544,11 +222,11 @@ def compute_figures(model_config, image_size, network_shape, checkpoint_path=Non
     An OrderedDict, serialisable as JSON (see README, "Export").
   """
   with tf.Graph().as_default() as graph:
-    model = build_inference_model(model_config)
-    endpoints = build_inference_graph(model, [1, image_size[0], image_size[1], 3], network_shape,
-                                      compute_dtype=compute_dtype)
+    model = inference_graph.build_inference_model(model_config)
+    endpoints = inference_graph.build_inference_graph(
+        model, [1, image_size[0], image_size[1], 3], network_shape, compute_dtype=compute_dtype)
     if checkpoint_path:
-      checked_restore_map(checkpoint_path)  # fail before anything is computed or written
+      checkpoint_utils.checked_restore_map(checkpoint_path)  # fail before anything is computed or written
     parameters = count_parameters(slim.get_model_variables())
     macs = count_conv_macs(graph)
     profiled = profile_flops(graph)
@@ -558,7 +236,7 @@ def compute_figures(model_config, image_size, network_shape, checkpoint_path=Non
       with tf.Session(config=session_config) as sess:
         sess.run(tf.global_variables_initializer())
         if checkpoint_path:
-          restore_model_variables(sess, checkpoint_path)
+          checkpoint_utils.restore_model_variables(sess, checkpoint_path)
         timing = time_inference(sess, endpoints, image, num_timing_runs, num_warmup_runs)
         timing['weights'] = 'checkpoint' if checkpoint_path else 'random'
         timing['device'] = device_description()
@@ -619,14 +297,14 @@ def export_seed_checkpoint(model_config, checkpoint_path, output_dir, flag='--tr
   Returns:
     (checkpoint prefix written, the name map dict).
   """
-  stride = output_stride(model_config)
+  stride = model_builder.output_stride(model_config)
   size = 8 * stride + 1  # any static size builds the same variables
   with tf.Graph().as_default():
     model = model_builder.build(model_config, is_training=True)
     model.predict(model.preprocess(tf.placeholder(tf.float32, [1, size, size, 3])))
     variables = slim.get_model_variables()
     with tf.Session() as sess:
-      restore_model_variables(sess, checkpoint_path, flag)
+      checkpoint_utils.restore_model_variables(sess, checkpoint_path, flag)
       saver = tf.train.Saver({v.op.name: v for v in variables}, save_relative_paths=True, name='seed_saver')
       prefix = saver.save(sess, os.path.join(output_dir, SEED_CHECKPOINT_NAME), write_meta_graph=False)
   entries = []
@@ -674,8 +352,8 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
     config_path: the config file, recorded in the figures.
     compute_dtype: 'float32' (None) or 'bfloat16': the network's arithmetic in the exported graphs (weights are
       stored in float32 either way).
-    fold_batch_norm: fold the batch norms into the convolutions in the frozen graph (fold_batch_norms); the
-      SavedModel keeps its variables as they are.
+    fold_batch_norm: fold the batch norms into the convolutions in the frozen graph
+      (libs/frozen_graph.fold_batch_norms); the SavedModel keeps its variables as they are.
 
   Returns:
     ExportResult(figures dict, frozen graph path, SavedModel dir, seed checkpoint prefix); paths None where
@@ -686,7 +364,7 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
   """
   if input_shape is None or len(input_shape) not in (3, 4) or input_shape[-1] != 3:
     raise ValueError('--input_shape = %s: expected N,H,W,3 or H,W,3' % (
-        _shape_text(input_shape) if input_shape else input_shape))
+        inference_graph.shape_text(input_shape) if input_shape else input_shape))
   if (export_checkpoint or checkpoint_only) and not trained_checkpoint:
     raise ValueError('--%s needs --trained_checkpoint (the weights to write)' % (
         'checkpoint_only' if checkpoint_only else 'export_checkpoint'))
@@ -694,14 +372,15 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
   if trained_checkpoint:
     checkpoint_path = checkpoint_utils.resolve_checkpoint(trained_checkpoint, '--trained_checkpoint')
   image_size = tuple(input_shape[-3:-1])
-  network_shape = resolve_network_shape(image_size, pad_to_shape, output_stride(model_config))
+  network_shape = inference_graph.resolve_network_shape(image_size, pad_to_shape,
+                                                        model_builder.output_stride(model_config))
 
   # Figures at batch 1 and a static image size (a dynamic one is measured at the network shape).
   figure_size = tuple(n if s is None else s for s, n in zip(image_size, network_shape))
   figures = compute_figures(model_config, figure_size, network_shape, checkpoint_path,
                             0 if checkpoint_only else num_timing_runs, num_warmup_runs, session_config,
                             compute_dtype=compute_dtype)
-  figures['compute_dtype'] = compute_dtype_of(compute_dtype).name
+  figures['compute_dtype'] = inference_graph.compute_dtype_of(compute_dtype).name
   figures['config_path'] = config_path
   figures['trained_checkpoint'] = checkpoint_path
   figures['exported_input_shape'] = [-1 if d is None else d for d in input_shape]
@@ -711,11 +390,12 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
   frozen_path = saved_model_path = seed_prefix = None
   if checkpoint_path and not checkpoint_only:
     with tf.Graph().as_default() as graph:
-      model = build_inference_model(model_config)
-      endpoints = build_inference_graph(model, input_shape, network_shape, compute_dtype=compute_dtype)
+      model = inference_graph.build_inference_model(model_config)
+      endpoints = inference_graph.build_inference_graph(model, input_shape, network_shape,
+                                                        compute_dtype=compute_dtype)
       with tf.Session(config=session_config) as sess:
-        restore_model_variables(sess, checkpoint_path)
-        frozen = freeze(sess, graph.as_graph_def(), fold_batch_norm=fold_batch_norm)
+        checkpoint_utils.restore_model_variables(sess, checkpoint_path)
+        frozen = frozen_graph.freeze(sess, graph.as_graph_def(), [OUTPUT_NAME], fold_batch_norm=fold_batch_norm)
         frozen_path = os.path.join(output_dir, FROZEN_GRAPH_NAME)
         config_util.atomic_write(frozen_path, frozen.SerializeToString())
         saved_model_path = write_saved_model(sess, endpoints, os.path.join(output_dir, SAVED_MODEL_DIR))
