@@ -224,11 +224,6 @@ class PSPNetArchitecture(object):
     """Node names of block1 .. block4's outputs in this model's backbone (see block_output_nodes())."""
     return block_output_nodes(self._num_units_per_block)
 
-  def seed_checkpoint_nodes(self):
-    """The memory-saving checkpoint nodes of the walkthrough's train_mem_saving.py command for this model: the
-    block outputs and the pyramid module's fusion conv output (without clone scope)."""
-    return self.block_output_nodes() + ('%s/Conv_%d/Relu6' % (PSP_MODULE_SCOPE, len(self._pooling_factors)),)
-
   def preprocess(self, images):
     """Subtracts the ImageNet RGB mean the TF-Slim ResNet checkpoints expect.
 

@@ -5,7 +5,7 @@
 Follows the evaluation of the original TF1 project (and of the TF Object Detection API / DeepLab evaluators it
 descends from): one process polls `train_dir`, restores each new checkpoint into one inference graph, scores
 `eval_config.num_examples` of `eval_input_reader`, and writes TensorBoard summaries at the checkpoint's global
-step into `eval_dir`, so that `tensorboard --logdir train:TRAIN,eval:EVAL` shows both runs on one axis.
+step into `eval_dir`, so that `tensorboard --logdir_spec train:TRAIN,eval:EVAL` shows both runs on one axis.
 
 Per checkpoint, one int64 confusion matrix is accumulated on the host from per-image matrices computed in the
 graph; the metrics (libs/metrics.py) match the official Cityscapes evaluation. Outputs in eval_dir: summaries,

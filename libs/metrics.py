@@ -23,7 +23,7 @@ Reported metrics (all in [0, 1]):
   pixel accuracy        correctly predicted / evaluated pixels
   mean class accuracy   mean over classes present in the ground truth of TP / (ground-truth pixels of the class)
 
-TensorBoard tags (fixed, so that `tensorboard --logdir train:TRAIN,eval:EVAL` lines them up with training):
+TensorBoard tags (fixed, so that `tensorboard --logdir_spec train:TRAIN,eval:EVAL` lines them up with training):
   Metrics/mIoU, Metrics/IoU/<class name, spaces as underscores>, Metrics/PixelAccuracy,
   Metrics/MeanClassAccuracy, Losses/EvalLoss.
 """
