@@ -46,8 +46,6 @@ def define_flags():
   flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'], 'Arithmetic of the exported network: '
                     'bfloat16 halves activation memory and is faster where the hardware has bfloat16 units '
                     '(GPUs, CPUs with AMX); weights are stored in float32 either way. See README, "Performance".')
-  flags.DEFINE_boolean('fold_batch_norm', True, 'Fold the batch norms into the convolutions before them in '
-                       'frozen_inference_graph.pb (same predictions, fewer ops); --nofold_batch_norm keeps them.')
   flags.DEFINE_boolean('allow_growth', False, 'Let TensorFlow grow GPU memory as needed.')
   flags.mark_flags_as_required(['config_path', 'output_dir'])
 
@@ -69,8 +67,7 @@ def main(argv):
         pad_to_shape=inference_graph.parse_shape(FLAGS.pad_to_shape, '--pad_to_shape', (2,)),
         num_timing_runs=FLAGS.num_timing_runs, num_warmup_runs=FLAGS.num_warmup_runs,
         export_checkpoint=FLAGS.export_checkpoint, checkpoint_only=FLAGS.checkpoint_only,
-        session_config=session_config, config_path=FLAGS.config_path, compute_dtype=FLAGS.compute_dtype,
-        fold_batch_norm=FLAGS.fold_batch_norm)
+        session_config=session_config, config_path=FLAGS.config_path, compute_dtype=FLAGS.compute_dtype)
   for line in exporter.format_figures(result.figures):
     print(line)
   print('Figures written to %s/%s' % (FLAGS.output_dir, exporter.FIGURES_NAME))

@@ -1,8 +1,7 @@
 """Inference latency and throughput (batch 1): checkpoint graph, frozen graph and SavedModel, fp32 and bf16.
 
 One worker process per resolution:
-  1. a checkpoint with random weights (batch-norm statistics and scales randomised too, so that folding them
-     is not a no-op) is written to a temporary directory;
+  1. a checkpoint with random weights (batch-norm statistics and scales randomised too) is written to a temporary directory;
   2. drivers/exporter.export writes the frozen graph and the SavedModel from it, for each compute dtype, exactly as
      export.py does;
   3. every variant gets its own session: the checkpoint graph (inference_graph.build_inference_graph + restore), the
@@ -10,8 +9,7 @@ One worker process per resolution:
   4. all variants are timed interleaved on the same random uint8 image (common.interleaved), and each
      variant's predictions are compared with the fp32 checkpoint graph's (share of equal pixels).
 
-Lever variants (at the first resolution): native atrous convolution, the frozen graph without batch-norm
-folding, thread-pool settings and grappler off; a second worker repeats the main ones with oneDNN's custom ops
+Lever variants (at the first resolution): native atrous convolution, thread-pool settings and grappler off; a second worker repeats the main ones with oneDNN's custom ops
 switched on (TF_ENABLE_ONEDNN_OPTS=1, which must be set before TensorFlow is imported).
 
 Throughput at batch 1 is 1 / latency; `gmacs_per_s` divides the model's analytic MACs at that resolution (the
@@ -33,16 +31,15 @@ FULL_LARGE_RUNS = 3
 QUICK = {'sizes': [[65, 65]], 'runs': 2, 'warmup': 1}
 
 
-def _variant(name, source, dtype='float32', native_atrous=False, fold_bn=True, intra=0, inter=0, grappler=True):
+def _variant(name, source, dtype='float32', native_atrous=False, intra=0, inter=0, grappler=True):
   return collections.OrderedDict(name=name, source=source, dtype=dtype, native_atrous=native_atrous,
-                                 fold_bn=fold_bn, intra=intra, inter=inter, grappler=grappler)
+                                 intra=intra, inter=inter, grappler=grappler)
 
 
 MAIN_VARIANTS = [_variant('%s %s' % (source, dtype), source, dtype)
                  for dtype in ('float32', 'bfloat16') for source in ('checkpoint', 'frozen', 'saved_model')]
 LEVER_VARIANTS = [
     _variant('checkpoint float32, native atrous conv', 'checkpoint', native_atrous=True),
-    _variant('frozen float32, batch norm not folded', 'frozen', fold_bn=False),
     _variant('checkpoint float32, inter_op_threads 1', 'checkpoint', inter=1),
     _variant('checkpoint float32, grappler off', 'checkpoint', grappler=False),
 ]
@@ -96,7 +93,7 @@ def _session(variant, model_config, size, checkpoint, exports):
       sess = tf.Session(graph=graph, config=config)
       checkpoint_utils.restore_model_variables(sess, checkpoint)
       return sess, endpoints.inputs, endpoints.predictions, graph
-    export_dir = exports[(variant['dtype'], variant['fold_bn'])]
+    export_dir = exports[variant['dtype']]
     if variant['source'] == 'frozen':
       graph_def = tf.GraphDef()
       with open(os.path.join(export_dir, exporter.FROZEN_GRAPH_NAME), 'rb') as f:
@@ -127,13 +124,13 @@ def measure(spec):
     checkpoint = _random_checkpoint(model_config, size, workdir)
     exports = {}
     for variant in variants:
-      key = (variant['dtype'], variant['fold_bn'])
+      key = variant['dtype']
       if variant['source'] != 'checkpoint' and key not in exports:
-        exports[key] = os.path.join(workdir, 'export_%s_%s' % key)
+        exports[key] = os.path.join(workdir, 'export_%s' % key)
         _, export_seconds, _ = common.timed(lambda key=key: exporter.export(
             model_config, exports[key], trained_checkpoint=checkpoint, input_shape=(1,) + size + (3,),
-            pad_to_shape=size, num_timing_runs=0, compute_dtype=key[0], fold_batch_norm=key[1]))
-        out.setdefault('export_seconds', {})['%s, fold_batch_norm %s' % key] = export_seconds
+            pad_to_shape=size, num_timing_runs=0, compute_dtype=key))
+        out.setdefault('export_seconds', {})[key] = export_seconds
     image = np.random.RandomState(0).randint(0, 256, (1,) + size + (3,)).astype(np.uint8)
     sessions = collections.OrderedDict()
     first_outputs = {}

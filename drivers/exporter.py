@@ -334,8 +334,7 @@ ExportResult = collections.namedtuple('ExportResult', ['figures', 'frozen_graph'
 
 def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 1024, 2048, 3),
            pad_to_shape=None, num_timing_runs=5, num_warmup_runs=2, export_checkpoint=False,
-           checkpoint_only=False, session_config=None, config_path=None, compute_dtype=None,
-           fold_batch_norm=True):
+           checkpoint_only=False, session_config=None, config_path=None, compute_dtype=None):
   """Writes the export artifacts of a model into output_dir and returns what was written.
 
   Args:
@@ -352,8 +351,6 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
     config_path: the config file, recorded in the figures.
     compute_dtype: 'float32' (None) or 'bfloat16': the network's arithmetic in the exported graphs (weights are
       stored in float32 either way).
-    fold_batch_norm: fold the batch norms into the convolutions in the frozen graph
-      (libs/frozen_graph.fold_batch_norms); the SavedModel keeps its variables as they are.
 
   Returns:
     ExportResult(figures dict, frozen graph path, SavedModel dir, seed checkpoint prefix); paths None where
@@ -395,7 +392,7 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
                                                         compute_dtype=compute_dtype)
       with tf.Session(config=session_config) as sess:
         checkpoint_utils.restore_model_variables(sess, checkpoint_path)
-        frozen = frozen_graph.freeze(sess, graph.as_graph_def(), [OUTPUT_NAME], fold_batch_norm=fold_batch_norm)
+        frozen = frozen_graph.freeze(sess, graph.as_graph_def(), [OUTPUT_NAME])
         frozen_path = os.path.join(output_dir, FROZEN_GRAPH_NAME)
         config_util.atomic_write(frozen_path, frozen.SerializeToString())
         saved_model_path = write_saved_model(sess, endpoints, os.path.join(output_dir, SAVED_MODEL_DIR))

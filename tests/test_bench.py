@@ -1,7 +1,7 @@
 """The benchmark tool (bench/): chart plotting, a smoke run of `python -m bench ... --quick` and its workers.
 Speeds themselves are measured by `python -m bench`, never asserted here. The correctness of the production
 options it times is tested with their modules: native atrous convolution in test_dilated_resnet_v1.py,
-low-memory conv gradients in test_conv_gradients.py, batch-norm folding in test_frozen_graph.py, bfloat16
+low-memory conv gradients in test_conv_gradients.py, freezing in test_frozen_graph.py, bfloat16
 inference in test_inference_export.py."""
 import json
 import os

@@ -1,5 +1,5 @@
 """libs/frozen_graph.py on the tiny model's inference graph with random weights: freezing keeps the predictions
-exactly; folding the batch norms into the convolutions keeps them up to float rounding."""
+exactly."""
 import numpy as np
 
 from drivers import inference_graph
@@ -31,21 +31,3 @@ def test_freeze_replaces_the_variables_by_their_values_and_keeps_the_predictions
   predictions, frozen_logits = _run_frozen(frozen, image)
   np.testing.assert_array_equal(frozen_logits, expected_logits)
   np.testing.assert_array_equal(predictions, expected_predictions)
-
-
-def test_fold_batch_norms_keeps_predictions():
-  image = np.random.RandomState(2).randint(0, 256, [1] + SIZE + [3]).astype(np.uint8)
-  sess, endpoints, logits = random_weights_inference_session(tiny_model_config(num_classes=5), SIZE)
-  with sess:
-    expected_predictions, expected_logits = sess.run([endpoints.predictions, logits], {endpoints.inputs: image})
-    graph_def = sess.graph.as_graph_def()
-    plain = frozen_graph.freeze(sess, graph_def, [inference_graph.OUTPUT_NAME])
-    folded = frozen_graph.freeze(sess, graph_def, [inference_graph.OUTPUT_NAME], fold_batch_norm=True)
-  _, count = frozen_graph.fold_batch_norms(plain, [inference_graph.OUTPUT_NAME])
-  batch_norms = [n for n in plain.node if n.op.startswith('FusedBatchNorm')]
-  assert count == len(batch_norms) == 22  # every conv + batch norm of the tiny model (the classifier has none)
-  assert not [n for n in folded.node if n.op.startswith('FusedBatchNorm')]
-  predictions, folded_logits = _run_frozen(folded, image)
-  np.testing.assert_allclose(folded_logits, expected_logits, rtol=1e-4,
-                             atol=1e-4 * float(np.abs(expected_logits).max()))
-  assert np.mean(predictions == expected_predictions) > 0.999
