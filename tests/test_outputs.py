@@ -289,27 +289,30 @@ def test_converter_refuses_a_16_bit_frame_by_name(tmp_path):
 # Item 17: the demo's TensorBoard command.
 
 
-def _last_tensorboard_command():
+def _demo_tensorboard_commands():
+  """(OUT, [argument lists of every TensorBoard command the demo's last message prints])."""
   with open(os.path.join(REPO_ROOT, 'scripts', 'demo.sh')) as f:
     text = f.read()
   out = re.search(r'^OUT=(\S+)$', text, re.M).group(1)
   lines = [line for line in text.splitlines() if 'tensorboard ' in line and line.startswith('echo')]
   assert lines, 'demo.sh prints no TensorBoard command'
-  command = lines[-1].split('tensorboard ', 1)[1].rstrip('"').replace('$OUT', out)
-  return out, shlex.split(command)
+  commands = re.findall(r'tensorboard((?: --\w+(?:[ =][^\s)"]+)?)+)', lines[-1].replace('$OUT', out))
+  assert commands, lines[-1]
+  return out, [shlex.split(command) for command in commands]
 
 
-def test_demo_prints_a_tensorboard_command_that_shows_train_and_eval(monkeypatch):
+def test_demo_prints_tensorboard_commands_that_show_train_and_eval(monkeypatch):
   """TensorBoard 2.21 reads `--logdir train:A,eval:B` as one directory of that name (so it shows nothing);
   the name:path form is `--logdir_spec`'s. The runs TensorBoard would load must include both directories."""
   from tensorboard import program  # pylint: disable=import-outside-toplevel
   from tensorboard.backend.event_processing import data_ingester  # pylint: disable=import-outside-toplevel
   monkeypatch.chdir(REPO_ROOT)  # the demo runs from the repository root
-  out, args = _last_tensorboard_command()
-  board = program.TensorBoard()
-  board.configure(argv=['tensorboard'] + args)
-  path_to_run = data_ingester.LocalDataIngester(board.flags)._path_to_run  # pylint: disable=protected-access
-  roots = [os.path.realpath(path) for path in path_to_run]
-  for run in ('train', 'eval'):
-    wanted = os.path.realpath(os.path.join(REPO_ROOT, out, run))
-    assert any(wanted == root or wanted.startswith(root + os.sep) for root in roots), (run, args, roots)
+  out, commands = _demo_tensorboard_commands()
+  for args in commands:
+    board = program.TensorBoard()
+    board.configure(argv=['tensorboard'] + args)
+    path_to_run = data_ingester.LocalDataIngester(board.flags)._path_to_run  # pylint: disable=protected-access
+    roots = [os.path.realpath(path) for path in path_to_run]
+    for run in ('train', 'eval'):
+      wanted = os.path.realpath(os.path.join(REPO_ROOT, out, run))
+      assert any(wanted == root or wanted.startswith(root + os.sep) for root in roots), (run, args, roots)
