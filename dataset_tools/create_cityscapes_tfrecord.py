@@ -22,10 +22,10 @@ the image, its file name, format, height, width and channels (3), and a single-c
 (0..18, 255 = ignore). Every file is written under a hidden temporary name in the output directory and
 renamed only once complete, so an interrupted run never leaves a truncated ``.record`` behind.
 
-Problems (an image without a label or a label without an image, image/label size mismatch, non-RGB image,
-label values that are no ids of the table, unreadable files) are all collected and reported by file name;
-then the conversion fails and writes nothing. With ``--skip_bad`` the offending frames are left out with a
-warning instead.
+Problems (an image without a label or a label without an image, image/label size mismatch, an image that is not
+8-bit RGB (16-bit PNGs included), label values that are no ids of the table, unreadable files) are all collected
+and reported by file name; then the conversion fails and writes nothing. With ``--skip_bad`` the offending frames
+are left out with a warning instead.
 
 The test split: the official download ships placeholder test labels, which are used like any others. If the
 test split has no label files at all, every test image is written with an all-ignore (255) label map, so
@@ -201,6 +201,13 @@ def _open_png(path, data):
   return image
 
 
+def _png_bit_depth(data):
+  """Bits per sample of PNG bytes (the IHDR chunk comes first), or None when the header is not a PNG's."""
+  if len(data) < 26 or not data.startswith(b'\x89PNG\r\n\x1a\n') or data[12:16] != b'IHDR':
+    return None
+  return data[24]
+
+
 def _read_bytes(path):
   try:
     with open(path, 'rb') as f:
@@ -290,6 +297,12 @@ def create_tf_example(frame):
   image = _open_png(frame.image_path, image_bytes)
   if image.mode != 'RGB':
     raise ValueError('%s: image must be 8-bit RGB, found mode %s' % (frame.image_path, image.mode))
+  bit_depth = _png_bit_depth(image_bytes)
+  if bit_depth != 8:
+    # Pillow reads 16-bit RGB as mode RGB; the record would keep the 16-bit PNG and training would see its high
+    # bytes, which for Cityscapes' leftImg16bit (HDR) frames is not the 8-bit frame.
+    raise ValueError('%s: image must be 8-bit RGB, found a %s-bit PNG (Cityscapes leftImg8bit frames are 8-bit; '
+                     'convert the image to 8 bits first)' % (frame.image_path, bit_depth))
   width, height = image.size
   train_ids = read_train_ids(frame, image_size=(width, height))
   feature = {

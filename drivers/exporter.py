@@ -86,7 +86,8 @@ def write_saved_model(sess, graph, export_dir):
   """Writes a TF1 SavedModel with a `serving_default` signature {inputs} -> {predictions}.
 
   It is written to a temporary sibling and renamed, so an existing export is replaced only by a complete one
-  (SavedModelBuilder refuses an existing directory).
+  (SavedModelBuilder refuses an existing directory). What was at export_dir (a directory, or a symbolic link,
+  which is never followed) is first moved into the temporary directory and deleted with it.
   """
   parent = os.path.dirname(os.path.abspath(export_dir))
   scratch = tempfile.mkdtemp(dir=parent, prefix='.' + os.path.basename(export_dir) + '.tmp')
@@ -102,10 +103,11 @@ def write_saved_model(sess, graph, export_dir):
         # Only the model's variables: the saver must not depend on anything outside the signature.
         saver=tf.train.Saver(slim.get_model_variables(), name='saved_model_saver'))
     builder.save()
-    if os.path.isdir(export_dir):
-      shutil.rmtree(export_dir)
+    if os.path.lexists(export_dir):
+      os.replace(export_dir, os.path.join(scratch, 'previous'))
     os.replace(staging, export_dir)
   finally:
+    # rmtree removes a symbolic link inside scratch without following it.
     shutil.rmtree(scratch, ignore_errors=True)
   return export_dir
 
@@ -329,6 +331,62 @@ def export_seed_checkpoint(model_config, checkpoint_path, output_dir, flag='--tr
   return prefix, name_map
 
 
+def _is_seed_state_file(path):
+  """Whether a `checkpoint` state file is the seed checkpoint's (names only model.ckpt), not a training run's."""
+  try:
+    state = tf.train.get_checkpoint_state(os.path.dirname(path))
+  except Exception:  # pylint: disable=broad-except  (unparseable: not ours to delete)
+    return False
+  if state is None or not state.model_checkpoint_path:
+    return False
+  names = [state.model_checkpoint_path] + list(state.all_model_checkpoint_paths)
+  return all(os.path.basename(name) == SEED_CHECKPOINT_NAME for name in names)
+
+
+def _is_export_artifact(output_dir, name):
+  """Whether a top-level entry of an export directory is something export() writes, or a temporary name its
+  writes use (left behind by an export that was killed)."""
+  if name in (FROZEN_GRAPH_NAME, SAVED_MODEL_DIR, FIGURES_NAME, NAME_MAP_NAME):
+    return True
+  if name == 'checkpoint':
+    return _is_seed_state_file(os.path.join(output_dir, name))
+  # The saver's files and temporaries (model.ckpt.index, .data-*, *.tempstate*, model.ckpt_temp*); the state
+  # file's temporary (TensorFlow writes checkpoint.tmp<hex>); config_util.atomic_write's and
+  # write_saved_model's temporaries (.<name>.tmp*).
+  return (name.startswith((SEED_CHECKPOINT_NAME + '.', SEED_CHECKPOINT_NAME + '_temp', 'checkpoint.tmp')) or
+          name.startswith(tuple('.%s.tmp' % n for n in (FROZEN_GRAPH_NAME, SAVED_MODEL_DIR, FIGURES_NAME,
+                                                         NAME_MAP_NAME))))
+
+
+def remove_stale_artifacts(output_dir, written):
+  """Removes what an earlier (or killed) export left in output_dir and this export did not write.
+
+  Only the exporter's own names are touched (_is_export_artifact); any other file stays. A symbolic link is
+  removed, never followed.
+
+  Args:
+    output_dir: the export directory.
+    written: names (top-level entries of output_dir) this export wrote.
+
+  Returns:
+    sorted list of the names removed (also logged).
+  """
+  removed = []
+  for name in sorted(os.listdir(output_dir)):
+    if name in written or not _is_export_artifact(output_dir, name):
+      continue
+    path = os.path.join(output_dir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+    removed.append(name)
+  if removed:
+    logger.info('Removed from %s what an earlier export left there and this one does not write: %s', output_dir,
+                ', '.join(removed))
+  return removed
+
+
 ExportResult = collections.namedtuple('ExportResult', ['figures', 'frozen_graph', 'saved_model', 'checkpoint'])
 
 
@@ -336,6 +394,11 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
            pad_to_shape=None, num_timing_runs=5, num_warmup_runs=2, export_checkpoint=False,
            checkpoint_only=False, session_config=None, config_path=None, compute_dtype=None):
   """Writes the export artifacts of a model into output_dir and returns what was written.
+
+  Every file is written through a temporary name and a rename (a symbolic link in its place is replaced, never
+  followed). Afterwards output_dir holds exactly this export: the artifacts of an earlier export that this one
+  does not write (a seed checkpoint and name_map.json, graphs, temporaries of a killed export) are removed and
+  logged; other files stay (remove_stale_artifacts).
 
   Args:
     model_config: model_pb2.Model.
@@ -403,4 +466,13 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
                 ', '.join('%s %d' % (p, s['variables']) for p, s in name_map['parts'].items()),
                 os.path.join(output_dir, NAME_MAP_NAME))
   config_util.atomic_write(os.path.join(output_dir, FIGURES_NAME), json.dumps(figures, indent=1) + '\n')
+  # One export per directory: a seed checkpoint or graphs of an earlier export must not pass for this one's.
+  written = {FIGURES_NAME}
+  if frozen_path:
+    written.update([FROZEN_GRAPH_NAME, SAVED_MODEL_DIR])
+  if seed_prefix:
+    # tf.train.Saver (not sharded) writes one data shard.
+    written.update(['checkpoint', NAME_MAP_NAME, SEED_CHECKPOINT_NAME + '.index',
+                    SEED_CHECKPOINT_NAME + '.data-00000-of-00001'])
+  remove_stale_artifacts(output_dir, written)
   return ExportResult(figures, frozen_path, saved_model_path, seed_prefix)

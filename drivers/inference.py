@@ -13,12 +13,18 @@ shape is --pad_to_shape, or --input_shape rounded up to an exact-zoom size (1024
 larger than it gets a network of its own size, rounded up the same way. Without --input_shape every image runs
 at its own rounded-up size. Networks of different shapes share one graph and one set of weights.
 
-An image that cannot be read (or segmented) is reported by name and skipped; the others still run.
+Inputs are read as 8-bit RGB (read_image): 16-bit PNGs scaled to 8 bits (value >> 8, as TensorFlow's decode_png
+reads them for training), palette and grayscale images as their colours, alpha dropped; 32-bit integer and float
+images are refused. An image that cannot be read (or segmented) is reported by name and skipped; the others still
+run. Each result is written to a temporary file beside it and renamed, so a symbolic link at the destination is
+replaced, never followed, and a sub-directory of --output_dir that is a link out of it is refused (by image).
 """
 import collections
 import glob
+import io
 import os
 import time
+import uuid
 
 import numpy as np
 from PIL import Image
@@ -41,6 +47,10 @@ OVERLAY_SUFFIX = '_overlay.png'
 
 class ImageError(Exception):
   """An input file that is not a readable image."""
+
+
+class OutputPathError(Exception):
+  """A result path that would be written outside the output directory (through a symbolic link)."""
 
 
 def list_images(input_path, flag='--input_path'):
@@ -81,19 +91,41 @@ def list_images(input_path, flag='--input_path'):
   return list(zip(paths, names))
 
 
+def _to_rgb(image, path):
+  """uint8 [H, W, 3] of a decoded Pillow image, 16-bit samples scaled to 8 bits (value >> 8)."""
+  if image.mode.startswith('I;16') or (image.mode == 'I' and image.format == 'PNG'):
+    # 16-bit grayscale (Pillow's convert('RGB') would clip it to 255). The high byte, as Pillow reads 16-bit
+    # RGB(A) and TensorFlow's decode_png reads any 16-bit PNG to uint8, so every path agrees.
+    gray = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+  if image.mode in ('I', 'F'):
+    raise ImageError('%s: mode %s (%s samples) has no colour scale to read as RGB; convert it to an 8-bit (or '
+                     '16-bit PNG) RGB or grayscale image' % (path, image.mode,
+                                                           '32-bit integer' if image.mode == 'I' else 'float'))
+  # Palette, grayscale, bilevel, CMYK, YCbCr: their colours. RGBA / LA: the alpha channel is dropped (the
+  # network sees the stored colours), as TensorFlow's decode_png(channels=3) does.
+  return np.asarray(image.convert('RGB'), dtype=np.uint8)
+
+
 def read_image(path):
-  """Reads an image file as RGB.
+  """Reads an image file as 8-bit RGB.
+
+  16-bit PNGs (grayscale, RGB, with or without alpha) are scaled to 8 bits (value >> 8, as TensorFlow's decode_png
+  does); palette and grayscale images give their colours; alpha is dropped.
 
   Returns:
     uint8 [H, W, 3].
 
   Raises:
-    ImageError: naming the file, for anything that does not decode as an image.
+    ImageError: naming the file, for anything that does not decode as an image, and for 32-bit integer or float
+      images (mode I or F: no colour scale).
   """
   try:
     with Image.open(path) as image:
       image.load()
-      rgb = np.asarray(image.convert('RGB'), dtype=np.uint8)
+      rgb = _to_rgb(image, path)
+  except ImageError:
+    raise
   # Pillow reports corrupt files with many exception types (OSError, SyntaxError, ValueError, ...).
   except Exception as e:  # pylint: disable=broad-except
     raise ImageError('%s: not a readable image (%s: %s)' % (path, type(e).__name__, e)) from None
@@ -103,8 +135,36 @@ def read_image(path):
 
 
 def write_png(path, array):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(array).save(path, format='PNG')
+  """Writes a PNG through a temporary file in its directory and a rename.
+
+  Readers never see half a file, and a symbolic link at `path` is replaced by the file, never followed (so
+  nothing outside the output directory is overwritten). The file gets the permissions of any new file (0666
+  less the umask), not a temporary file's 0600.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format='PNG')
+  tmp = os.path.join(directory, '.%s.tmp%s' % (os.path.basename(path), uuid.uuid4().hex[:12]))
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(buffer.getvalue())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def check_inside(output_dir, path):
+  """Raises OutputPathError unless path's directory, symbolic links resolved, is inside output_dir."""
+  root = os.path.realpath(output_dir)
+  directory = os.path.dirname(os.path.abspath(path))
+  real = os.path.realpath(directory)
+  if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+    raise OutputPathError('%s leads out of --output_dir %s through a symbolic link (to %s); remove the link or '
+                          'choose another --output_dir' % (directory, output_dir, real))
 
 
 class Segmenter(object):
@@ -239,10 +299,12 @@ def run_inference(model_config, trained_checkpoint, input_path, output_dir, inpu
   with Segmenter(model_config, checkpoint_path, input_shape, pad_to_shape, session_config) as segmenter:
     for index, (path, name) in enumerate(images):
       progress = '[%d/%d] %s' % (index + 1, len(images), path)
+      base = os.path.join(output_dir, name)
       try:
+        check_inside(output_dir, base)
         image = read_image(path)
         train_ids, elapsed, shape = segmenter.segment(image)
-      except ImageError as e:
+      except (ImageError, OutputPathError) as e:
         logger.error('%s: skipped: %s', progress, e)
         failed.append((path, str(e)))
         continue
@@ -251,7 +313,6 @@ def run_inference(model_config, trained_checkpoint, input_path, output_dir, inpu
         failed.append((path, e.message))
         continue
       train_ids = train_ids.astype(np.uint8)
-      base = os.path.join(output_dir, name)
       color = palette[train_ids]
       outputs = []
       if label_ids:

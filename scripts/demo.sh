@@ -40,4 +40,9 @@ echo "== 5/5 inference -> $OUT/inference"
 python inference.py --config_path configs/pspnet_demo_tiny.config --trained_checkpoint "$OUT/train" \
   --input_path "$OUT/cityscapes/leftImg8bit/val" --output_dir "$OUT/inference" --input_shape 128,256,3 --overlay
 
-echo "Done. TensorBoard: tensorboard --logdir train:$OUT/train,eval:$OUT/eval"
+if [ -d "$SAMPLE" ]; then
+  echo "The real frame's segmentation ($OUT/inference/frankfurt/) is poor, as expected: it is a val frame, so the"
+  echo "demo trained on synthetic frames only (and for 200 steps)."
+fi
+# The seed's `--logdir train:A,eval:B` shows nothing on TensorBoard >= 2 (the name:path form is --logdir_spec's).
+echo "Done. TensorBoard: tensorboard --logdir_spec train:$OUT/train,eval:$OUT/eval   (or: tensorboard --logdir $OUT)"
