@@ -265,5 +265,6 @@ def no_batch_error(input_reader_config, field_path, batch_size=1, batch_field=No
         input_reader_config.num_examples)
   wanted = ('one batch of %d examples (%s)' % (batch_size, batch_field)) if batch_field else 'one example'
   return ConfigError(field_path + '.tf_record_input_reader.input_path', list(reader.input_path),
-                     'must yield at least %s; the %d files it matches hold %s: %s' % (wanted, len(files), holding,
-                                                                                      named))
+                     'must yield at least %s; %s hold%s %s: %s' % (
+                         wanted, 'the %d files it matches' % len(files) if len(files) > 1 else 'the file it matches',
+                         '' if len(files) > 1 else 's', holding, named))

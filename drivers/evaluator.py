@@ -19,7 +19,7 @@ label's resolution; the views' probabilities are averaged and the arg-max is sco
 away and the label is never resized.
 
 What the loop survives (the trainer writes checkpoints with tf.train.Saver and deletes old ones):
-  * an empty or missing train_dir at start: it waits;
+  * an empty or missing train_dir at start: it waits (at once a warning for a missing one);
   * a checkpoint still being written: only checkpoints the `checkpoint` state file has announced (written by the
     Saver after the files) or older ones are ready; a restore that fails while the files are still there is
     retried on the next poll (three times at most);

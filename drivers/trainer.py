@@ -403,7 +403,7 @@ class _SummaryHook(tf.train.SessionRunHook):
     self._trained = False
 
   def before_run(self, run_context):
-    if self._train_op not in tf.nest.flatten(run_context.original_args.fetches):
+    if not any(fetch is self._train_op for fetch in tf.nest.flatten(run_context.original_args.fetches)):
       return None
     request = {'step': self._train_op}
     if (self._last_written_time is None or time.time() - self._last_written_time >= self._save_secs or
