@@ -5,9 +5,10 @@ r"""Trains PSPNet from a pipeline config (see README and ../shared/seed/pspnet.m
         --logdir /tmp/pspnet_1.0_713_resnet_v1_TRAIN
 
 Restarting with the same --logdir resumes from its latest checkpoint. Ctrl-C (or SIGTERM) stops after the
-current step and writes a checkpoint.
+current step and writes a checkpoint, then exits with status 130 (143 for SIGTERM).
 """
 import os
+import sys
 
 # TensorFlow's BFC allocator for CPU memory (read once, when TensorFlow starts): a training step reuses the
 # same large activation buffers every step, which the default allocator hands back to the system and faults
@@ -22,8 +23,10 @@ from drivers import trainer
 from libs import cluster
 from libs import config_util
 from libs import device_flags
+from libs.compat import tf
 
 FLAGS = flags.FLAGS
+logger = tf.get_logger()
 
 
 def define_flags():
@@ -37,9 +40,10 @@ def define_flags():
                        'between them.')
   flags.DEFINE_boolean('clone_on_cpu', False, 'Place all clones on the CPU.')
   flags.DEFINE_integer('save_interval_secs', 600, 'Seconds between checkpoints (one is always written at '
-                       'the end).')
-  flags.DEFINE_integer('save_summaries_secs', 120, 'Seconds between TensorBoard summaries.')
-  flags.DEFINE_integer('max_checkpoints_to_keep', 5, 'Most recent checkpoints kept in --logdir.')
+                       'the end); 0: after every step.')
+  flags.DEFINE_integer('save_summaries_secs', 120, 'Seconds between TensorBoard summaries (always written at the '
+                       'first and the final step); 0: every step.')
+  flags.DEFINE_integer('max_checkpoints_to_keep', 5, 'Most recent checkpoints kept in --logdir; 0: keep all.')
   flags.DEFINE_float('keep_checkpoint_every_n_hours', 10000.0, 'Additionally keep one checkpoint per this '
                      'many hours of training.')
   flags.DEFINE_integer('log_every_n_steps', 10, 'Steps between progress lines.')
@@ -95,7 +99,12 @@ def run(options, make_step_callback=None):
   options = options._replace(cluster=cluster_config)
   if make_step_callback is not None:
     options = options._replace(step_callback=make_step_callback(cluster_config))
-  trainer.train(config, FLAGS.logdir, options, config_path=FLAGS.config_path)
+  try:
+    trainer.train(config, FLAGS.logdir, options, config_path=FLAGS.config_path)
+  except trainer.TrainingInterrupted as e:
+    # The shell's status of a process killed by the signal (130 SIGINT, 143 SIGTERM): not a finished run.
+    logger.warning('%s; exit status %d.', e, e.exit_code)
+    sys.exit(e.exit_code)
 
 
 def main(argv):

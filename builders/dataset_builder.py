@@ -223,3 +223,48 @@ def _check_batchable(dataset, batch_size):
           'batch_size = %d needs every example to have the same size, but after preprocessing the %r '
           'shape is %s. Add a random_image_crop (or resize_image) preprocessing step after any '
           'random_image_scale, or use batch size 1.' % (batch_size, key, shape))
+
+
+def no_batch_error(input_reader_config, field_path, batch_size=1, batch_field=None, max_files_named=10):
+  """The error for an input that ended before its first batch: names the input_path globs, the files they match
+  and the records those hold (counted up to batch_size, so a large file is not read through).
+
+  Args:
+    input_reader_config: InputReader message.
+    field_path: dotted path of input_reader_config ('train_input_reader').
+    batch_size: examples per batch.
+    batch_field: the field batch_size comes from, for the message ('train_config.batch_size'), or None.
+    max_files_named: files named in the message (the count of the others follows).
+
+  Returns:
+    ConfigError (to raise).
+  """
+  reader = input_reader_config.tf_record_input_reader
+  files = _list_input_files(reader, field_path + '.tf_record_input_reader')
+  described = []
+  total = 0
+  for path in files:
+    if total >= batch_size:
+      described.append('%s (not counted)' % path)
+      continue
+    count = 0
+    for _ in tf.io.tf_record_iterator(path):
+      count += 1
+      if total + count >= batch_size:
+        break
+    described.append('%s (%s%d records)' % (path, '>= ' if total + count >= batch_size else '', count))
+    total += count
+  named = ', '.join(described[:max_files_named])
+  if len(files) > max_files_named:
+    named += ' and %d more' % (len(files) - max_files_named)
+  if total == 0:
+    holding = 'no example'
+  else:
+    holding = '%s%d examples (%s.num_epochs = %d, num_examples = %d)' % (
+        'at least ' if total >= batch_size else 'only ', total, field_path, input_reader_config.num_epochs,
+        input_reader_config.num_examples)
+  wanted = ('one batch of %d examples (%s)' % (batch_size, batch_field)) if batch_field else 'one example'
+  return ConfigError(field_path + '.tf_record_input_reader.input_path', list(reader.input_path),
+                     'must yield at least %s; %s hold%s %s: %s' % (
+                         wanted, 'the %d files it matches' % len(files) if len(files) > 1 else 'the file it matches',
+                         '' if len(files) > 1 else 's', holding, named))

@@ -19,7 +19,7 @@ label's resolution; the views' probabilities are averaged and the arg-max is sco
 away and the label is never resized.
 
 What the loop survives (the trainer writes checkpoints with tf.train.Saver and deletes old ones):
-  * an empty or missing train_dir at start: it waits;
+  * an empty or missing train_dir at start: it waits (at once a warning for a missing one);
   * a checkpoint still being written: only checkpoints the `checkpoint` state file has announced (written by the
     Saver after the files) or older ones are ready; a restore that fails while the files are still there is
     retried on the next poll (three times at most);
@@ -31,6 +31,7 @@ The loop evaluates the newest checkpoint it has not evaluated (older ones it pas
 them with evaluate_all_from_checkpoint).
 """
 import collections
+import os
 import time
 
 import numpy as np
@@ -290,6 +291,8 @@ class _Evaluator(object):
         logger.info('  step %d: %d images, running mIoU %.4f (%.2f s/image)', step, num_images,
                     metrics.mean_iou(confusion), (time.time() - start) / num_images)
     seconds = time.time() - start
+    if not num_images:
+      raise dataset_builder.no_batch_error(self._config.eval_input_reader, 'eval_input_reader')
     requested = self._config.eval_config.num_examples
     if requested and num_images < requested:
       logger.warning('eval_config.num_examples = %d but eval_input_reader holds %d examples; evaluated %d.',
@@ -334,10 +337,34 @@ class _Evaluator(object):
         logger.info('Evaluated max_evals = %d checkpoints; stopping.', self._options.max_evals)
         break
 
-  def loop(self):
+  def _log_end_condition(self, config_path):
+    """Says which config's num_steps ends the loop (this one, not the train dir's pipeline.config), at once a
+    warning when train_dir does not exist (a typo waits silently otherwise) or its config says otherwise."""
+    num_steps = self._config.train_config.num_steps
+    source = 'train_config.num_steps = %d of %s' % (num_steps, config_path or 'the eval config')
+    ends = ('stops once global step %d is evaluated (%s)' % (num_steps, source) if num_steps else
+            'waits for checkpoints until stopped (%s: no last step)' % source)
+    if not tf.io.gfile.isdir(self._train_dir):
+      logger.warning('--train_dir %s does not exist (yet): waiting for a trainer to create it; the evaluation %s.',
+                     self._train_dir, ends)
+      return
+    logger.info('Evaluating the checkpoints of %s; the evaluation %s.', self._train_dir, ends)
+    train_config_path = os.path.join(self._train_dir, config_util.PIPELINE_CONFIG_NAME)
+    if not tf.io.gfile.exists(train_config_path):
+      return
+    try:
+      train_num_steps = config_util.load_pipeline_config(train_config_path).train_config.num_steps
+    except (ValueError, OSError, tf.errors.OpError):
+      return
+    if train_num_steps != num_steps:
+      logger.warning('%s, but the trainer\'s %s says num_steps = %d: the evaluation follows the former.',
+                     source, train_config_path, train_num_steps)
+
+  def loop(self, config_path=None):
     """Waits for new checkpoints and evaluates each once, until done (see the module docstring)."""
     options = self._options
     num_steps = self._config.train_config.num_steps
+    self._log_end_condition(config_path)
     done = eval_results.evaluated_steps(self._eval_dir)
     if done:
       logger.info('%s already holds results of %d checkpoints (up to global step %d); they are not '
@@ -419,5 +446,5 @@ def evaluate(pipeline_config, train_dir, eval_dir, options=None, config_path=Non
       if start_step is not None:
         evaluator.evaluate_range(start_step)
       else:
-        evaluator.loop()
+        evaluator.loop(config_path)
   return evaluator.results

@@ -58,10 +58,14 @@ class TrainOptions(collections.namedtuple('TrainOptions', [
   num_clones: model replicas (GPUs, or CPU clones with clone_on_cpu); train_config.batch_size is split
     evenly between them.
   clone_on_cpu: place every clone on the CPU.
-  save_interval_secs: seconds between checkpoints (one is always written at the end).
-  save_summaries_secs: seconds between TensorBoard summaries.
-  max_checkpoints_to_keep / keep_checkpoint_every_n_hours: checkpoint retention (tf.train.Saver).
-  log_every_n_steps: steps between progress lines.
+  save_interval_secs: seconds between checkpoints, >= 0 (0: after every step); one is always written at the
+    start and at the end.
+  save_summaries_secs: seconds between TensorBoard summaries, >= 0 (0: every step); they are always written at
+    the first and the final step.
+  max_checkpoints_to_keep: most recent checkpoints kept, >= 0 (0: keep all, tf.train.Saver's meaning; not with
+    save_interval_secs 0, which would keep one per step).
+  keep_checkpoint_every_n_hours: additionally keep one checkpoint per this many hours (> 0).
+  log_every_n_steps: steps between progress lines (> 0).
   image_summaries: input, ground-truth and prediction images of the training batch.
   test_image_summaries: predictions of the model in inference mode (batch norm with moving statistics, no
     dropout) on the first training image, beside its input and ground truth: what eval would see.
@@ -69,7 +73,7 @@ class TrainOptions(collections.namedtuple('TrainOptions', [
   gradients_fn: fn(ys, xs) -> list of gradients; tf.gradients by default (train_mem_saving.py passes the
     memory-saving one). Called once per clone inside the clone's name scope (once for all clones with
     synchronized batch norm).
-  max_steps: stop after this many steps of this run even if num_steps is not reached (None: no limit).
+  max_steps: stop after this many steps (> 0) of this run even if num_steps is not reached (None: no limit).
   cluster: libs.cluster.ClusterConfig for distributed training, or None for a single process.
   step_callback: optional fn(session, step) called after every step on every worker (e.g. to log memory);
     session is the MonitoredSession, so extra fetches run through its hooks.
@@ -83,6 +87,31 @@ def default_options(**overrides):
                          session_config=None, gradients_fn=None, max_steps=None, cluster=None,
                          step_callback=None)
   return options._replace(**overrides)
+
+
+def validate_options(options):
+  """Checks the numeric options (named as train.py's flags) before anything is built or written.
+
+  Raises:
+    ConfigError: for a value out of range, naming the flag, the value and what is allowed.
+  """
+  for name, value, allowed in (
+      ('--num_clones', options.num_clones, 'must be > 0'),
+      ('--log_every_n_steps', options.log_every_n_steps, 'must be > 0'),
+      ('--keep_checkpoint_every_n_hours', options.keep_checkpoint_every_n_hours, 'must be > 0')):
+    if not value > 0:
+      raise ConfigError(name, value, allowed)
+  for name, value, allowed in (
+      ('--max_checkpoints_to_keep', options.max_checkpoints_to_keep, 'must be >= 0 (0: keep all)'),
+      ('--save_interval_secs', options.save_interval_secs, 'must be >= 0 (0: a checkpoint after every step)'),
+      ('--save_summaries_secs', options.save_summaries_secs, 'must be >= 0 (0: summaries every step)')):
+    if not value >= 0:
+      raise ConfigError(name, value, allowed)
+  if options.save_interval_secs == 0 and options.max_checkpoints_to_keep == 0:
+    raise ConfigError('--save_interval_secs', 0, 'a checkpoint after every step needs --max_checkpoints_to_keep > 0 '
+                      '(0 keeps all: one checkpoint per step)')
+  if options.max_steps is not None and not options.max_steps > 0:
+    raise ConfigError('max_steps', options.max_steps, 'must be > 0 (None: no limit)')
 
 
 def validate_train_config(pipeline_config, num_clones):
@@ -119,8 +148,9 @@ def validate_train_config(pipeline_config, num_clones):
 
 
 def _check_crop_fits_eval_pad(pipeline_config):
-  """A training crop larger than the padded evaluation size means the model is evaluated on inputs smaller
-  than those it was trained on, always a config slip (the seed's recipe: crop 713, pad 1025 x 2049)."""
+  """Warns when the training crop is larger than the padded evaluation size: the model is then evaluated on
+  inputs smaller than those it was trained on, often a config slip (the seed's recipe: crop 713, pad 1025 x 2049)
+  but not always (small eval frames padded to their own size)."""
   size = preprocessor_builder.output_size(pipeline_config.train_config.preprocessor_step)
   if size is None or not pipeline_config.eval_config.HasField('eval_input_type'):
     return
@@ -130,8 +160,9 @@ def _check_crop_fits_eval_pad(pipeline_config):
     return
   for dim, crop, padded in zip(('height', 'width'), size, spec.fixed_size):
     if crop > padded:
-      raise ConfigError('eval_config.eval_input_type.padded_eval_input.' + dim, padded,
-                        'must be >= the training crop %s (%d) of train_config.preprocessor_step' % (dim, crop))
+      logger.warning('eval_config.eval_input_type.padded_eval_input.%s = %d is smaller than the training crop %s '
+                     '(%d) of train_config.preprocessor_step: evaluation inputs are smaller than the training '
+                     'crops (intended only if the eval images are that small).', dim, padded, dim, crop)
 
 
 def build_input(pipeline_config, num_classes, ignore_label):
@@ -277,12 +308,15 @@ class _Progress(object):
 
   def line(self, step, loss, learning_rate):
     sec = sum(self._times) / max(1, len(self._times))
-    parts = ['step %d' % step + ('/%d' % self._num_steps if self._num_steps else ''),
+    # Asynchronous workers push the global step past num_steps before they all see the end.
+    past = self._num_steps and step > self._num_steps
+    parts = ['step %d' % step + ((' (num_steps %d reached)' if past else '/%d') % self._num_steps
+                                 if self._num_steps else ''),
              'loss %.4f' % loss, 'lr %.3g' % learning_rate, '%.3f sec/step' % sec,
              '%.1f img/s' % (self._batch_size / sec if sec > 0 else 0.0)]
     if self._num_examples:
       parts.append('epoch %.2f' % (step * self._batch_size / float(self._num_examples)))
-    if self._num_steps:
+    if self._num_steps and not past:
       parts.append('ETA %s' % _format_seconds(max(0, self._num_steps - step) * sec))
     return ', '.join(parts)
 
@@ -299,6 +333,7 @@ class _StopRequest(object):
 
   def __init__(self):
     self.requested = False
+    self.signum = None
     self._previous = {}
 
   def __enter__(self):
@@ -315,11 +350,91 @@ class _StopRequest(object):
       raise KeyboardInterrupt
     logger.warning('Signal %d: stopping after this step and writing a checkpoint (again to abort).', signum)
     self.requested = True
+    self.signum = signum
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     return False
+
+
+class TrainingInterrupted(Exception):
+  """Raised by train() when a stop signal ended the run, after the final checkpoint is written, so that a
+  script exits with the shell's status of that signal (exit_code: 130 for SIGINT, 143 for SIGTERM) and an
+  interrupted run is told from a finished one."""
+
+  def __init__(self, signum, step):
+    self.signum = signum
+    self.step = step
+    self.exit_code = 128 + signum
+    super(TrainingInterrupted, self).__init__('training stopped by %s at global step %s' % (
+        signal.Signals(signum).name, step))
+
+
+class _SummaryHook(tf.train.SessionRunHook):
+  """Writes the training summaries (fetched with the training step) at the first step, every save_secs, and at
+  the final step: the step it expects to be the last (num_steps, or max_steps of this run) or, when the run ended
+  elsewhere (a stop signal, other workers' steps, the end of the input), once more from the final weights at
+  session end. Steps of other calls (reading the global step) compute no summary."""
+
+  def __init__(self, logdir, save_secs, summary_op, train_op, num_steps, max_steps):
+    self._logdir = logdir
+    self._save_secs = save_secs
+    self._summary_op = summary_op
+    self._train_op = train_op
+    self._num_steps = num_steps
+    self._max_steps = max_steps
+
+  def begin(self):
+    self._writer = tf.summary.FileWriterCache.get(self._logdir)
+    self._global_step = tf.train.get_global_step()
+
+  def after_create_session(self, session, coord):
+    del coord
+    self._step = int(session.run(self._global_step))
+    ends = [float('inf')]
+    if self._num_steps:
+      ends.append(self._num_steps)
+    if self._max_steps:
+      ends.append(self._step + self._max_steps)
+    self._last_step = min(ends)
+    self._last_written_time = None
+    self._written_step = None
+    self._trained = False
+
+  def before_run(self, run_context):
+    if not any(fetch is self._train_op for fetch in tf.nest.flatten(run_context.original_args.fetches)):
+      return None
+    request = {'step': self._train_op}
+    if (self._last_written_time is None or time.time() - self._last_written_time >= self._save_secs or
+        self._step + 1 >= self._last_step):
+      request['summary'] = self._summary_op
+    return tf.train.SessionRunArgs(request)
+
+  def after_run(self, run_context, run_values):
+    del run_context
+    if not run_values.results:
+      return
+    self._trained = True
+    self._step = int(run_values.results['step'])
+    if 'summary' in run_values.results:
+      self._write(run_values.results['summary'], self._step)
+
+  def _write(self, summary, step):
+    if self._written_step is None:
+      self._writer.add_session_log(tf.SessionLog(status=tf.SessionLog.START), step)
+    self._writer.add_summary(summary, step)
+    self._last_written_time = time.time()
+    self._written_step = step
+
+  def end(self, session):
+    step = int(session.run(self._global_step))
+    if self._trained and self._written_step != step:
+      try:
+        self._write(session.run(self._summary_op), step)
+      except tf.errors.OutOfRangeError:
+        logger.info('No summaries of the final step %d: the training input is exhausted.', step)
+    self._writer.flush()
 
 
 class _WorkerSessionCreator(tf.train.WorkerSessionCreator):
@@ -365,6 +480,7 @@ def train(pipeline_config, logdir, options=None, config_path=None):
     FloatingPointError: when the loss becomes NaN or infinite (no checkpoint of that state is written).
   """
   options = options or default_options()
+  validate_options(options)
   cluster = options.cluster
   is_chief = cluster is None or cluster.is_chief
   with config_util.naming_config_file(config_path):
@@ -417,8 +533,8 @@ def train(pipeline_config, logdir, options=None, config_path=None):
         # export.py writes deployable graphs); TensorBoard gets the graph from the summary writer.
         tf.train.CheckpointSaverHook(logdir, save_secs=options.save_interval_secs, saver=saver,
                                      checkpoint_basename=CHECKPOINT_BASENAME, save_graph_def=False),
-        tf.train.SummarySaverHook(save_secs=options.save_summaries_secs, output_dir=logdir,
-                                  summary_op=g.summary_op),
+        _SummaryHook(logdir, options.save_summaries_secs, g.summary_op, g.train_op, train_config.num_steps,
+                     options.max_steps),
     ]
     master = cluster.target if cluster else ''
     progress = _Progress(train_config.num_steps, g.batch_size, pipeline_config.train_input_reader.num_examples)
@@ -438,18 +554,27 @@ def train(pipeline_config, logdir, options=None, config_path=None):
         logger.info('Training from step %d%s; logging every %d steps to %s.', step,
                     ' to %d' % train_config.num_steps if train_config.num_steps else '',
                     options.log_every_n_steps, logdir)
-      first = True
+      steps_run = 0
       while not sess.should_stop() and not stop.requested:
         start = time.time()
-        out = sess.run({'step': g.train_op, 'loss': g.total_loss, 'lr': g.learning_rate})
+        try:
+          out = sess.run({'step': g.train_op, 'loss': g.total_loss, 'lr': g.learning_rate})
+        except tf.errors.OutOfRangeError:
+          if not steps_run:
+            raise dataset_builder.no_batch_error(
+                pipeline_config.train_input_reader, 'train_input_reader', train_config.batch_size,
+                'train_config.batch_size').with_config_path(config_path) from None
+          logger.info('train_input_reader has no more examples (num_epochs = %d) after step %d; stopping.',
+                      pipeline_config.train_input_reader.num_epochs, step)
+          break
+        steps_run += 1
         progress.record(time.time() - start)
         step = int(out['step'])
         if not math.isfinite(out['loss']):
           raise FloatingPointError('Loss became %r at step %d; the last checkpoint in %s is the last good state '
                                    '(lower the learning rate?)' % (out['loss'], step, logdir))
-        if first or step % options.log_every_n_steps == 0 or sess.should_stop():
+        if steps_run == 1 or step % options.log_every_n_steps == 0 or sess.should_stop() or stop.requested:
           logger.info(progress.line(step, out['loss'], out['lr']))
-        first = False
         if options.step_callback is not None:
           options.step_callback(sess, step)
     if step is None:
@@ -458,4 +583,6 @@ def train(pipeline_config, logdir, options=None, config_path=None):
                   train_config.num_steps)
     elif is_chief:
       logger.info('Saved checkpoint %s-%d', os.path.join(logdir, CHECKPOINT_BASENAME), step)
+  if stop.requested:
+    raise TrainingInterrupted(stop.signum, step)
   return step
