@@ -28,6 +28,7 @@ from builders import eval_input_builder
 from builders import model_builder
 from builders import optimizer_builder
 from builders import preprocessor_builder
+from drivers import train_dir
 from libs import checkpoint_utils
 from libs import config_util
 from libs import deployment
@@ -486,8 +487,9 @@ def train(pipeline_config, logdir, options=None, config_path=None):
   with config_util.naming_config_file(config_path):
     validate_train_config(pipeline_config, options.num_clones)
     train_config = pipeline_config.train_config
-    tf.gfile.MakeDirs(logdir)
-    latest = tf.train.latest_checkpoint(logdir)
+    # Lock (chief), resume point among the logdir's own readable checkpoints, config check, left-overs removed.
+    run_dir = train_dir.prepare(logdir, pipeline_config, is_chief)
+    latest = run_dir.resume_checkpoint
     fine_tune_path = None
     if latest is None and train_config.fine_tune_checkpoint:
       fine_tune_path = checkpoint_utils.resolve_checkpoint(train_config.fine_tune_checkpoint)
@@ -501,7 +503,8 @@ def train(pipeline_config, logdir, options=None, config_path=None):
                                                         train_config.fine_tune_checkpoint_type)
       saver = tf.train.Saver(max_to_keep=options.max_checkpoints_to_keep,
                              keep_checkpoint_every_n_hours=options.keep_checkpoint_every_n_hours,
-                             sharded=cluster is not None and cluster.num_ps_tasks > 1)
+                             sharded=cluster is not None and cluster.num_ps_tasks > 1,
+                             save_relative_paths=True)  # a copied or moved logdir stays self-contained
   logger.info('CPU memory allocator: %s.', memory.cpu_allocator_description())
   if is_chief:
     config_util.save_pipeline_config(pipeline_config, logdir)

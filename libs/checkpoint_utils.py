@@ -184,3 +184,59 @@ def list_checkpoints(train_dir):
   if state is None:
     return ordered, []
   return ([c for c in ordered if c[0] <= latest_step], [c for c in ordered if c[0] > latest_step])
+
+
+_CHECKPOINT_FILE_PATTERN = re.compile(r'^(?P<prefix>.+-(?P<step>\d+))\.(?:index|meta|data-\d{5}-of-(?P<shards>\d{5}))$')
+
+
+def checkpoint_files(directory):
+  """The files of step-numbered checkpoints in a directory, by prefix.
+
+  Returns:
+    {checkpoint prefix (in `directory`): sorted list of its files (.index, .data-*, .meta)}.
+  """
+  found = {}
+  for name in tf.io.gfile.listdir(directory):
+    match = _CHECKPOINT_FILE_PATTERN.match(name)
+    if match:
+      found.setdefault(os.path.join(directory, match.group('prefix')), []).append(os.path.join(directory, name))
+  return {prefix: sorted(files) for prefix, files in found.items()}
+
+
+def unreadable_reason(prefix):
+  """Why a V2 checkpoint cannot be restored, or None when it can.
+
+  Every tensor is read back (the reader checks each one's CRC), so that a checkpoint passed here restores; for
+  PSPNet50 with its optimizer slots this reads a few hundred MB once.
+
+  Args:
+    prefix: checkpoint prefix ('.../model.ckpt-1000').
+
+  Returns:
+    None, or a phrase naming the file at fault ('data file .../model.ckpt-1000.data-00000-of-00001 missing').
+  """
+  index = prefix + '.index'
+  if not tf.io.gfile.exists(index):
+    return 'index file %s missing' % index
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+  except (tf.errors.OpError, ValueError) as e:
+    return 'index file %s unreadable (%s)' % (index, _first_line(e))
+  data_files = [f for f in checkpoint_files(os.path.dirname(prefix) or '.').get(prefix, []) if '.data-' in f]
+  num_shards = {int(_CHECKPOINT_FILE_PATTERN.match(os.path.basename(f)).group('shards')) for f in data_files}
+  expected = ['%s.data-%05d-of-%05d' % (prefix, i, n) for n in num_shards for i in range(n)] or \
+      ['%s.data-00000-of-00001' % prefix]
+  missing = [f for f in expected if f not in data_files]
+  if missing:
+    return 'data file %s missing' % missing[0]
+  for name in sorted(reader.get_variable_to_shape_map()):
+    try:
+      reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
+      return 'data file %s unreadable (tensor %s: %s)' % (' / '.join(expected), name, _first_line(e))
+  return None
+
+
+def _first_line(error):
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__

@@ -72,12 +72,34 @@ def config_to_text(config):
   return text_format.MessageToString(config)
 
 
+def _process_umask():
+  """The umask, read without changing it where /proc tells it (os.umask can only read it by setting it)."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('Umask:'):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  umask = os.umask(0o022)
+  os.umask(umask)
+  return umask
+
+
+# The mode open() would give a new file (mkstemp's are 0600), read once at import.
+_NEW_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def atomic_write(path, data):
-  """Writes text or bytes to path through a temporary file and a rename, so readers never see half a file."""
+  """Writes text or bytes to path through a temporary file and a rename, so readers never see half a file.
+
+  The file gets the mode of a file created by open() (0666 minus the umask), not mkstemp's 0600.
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.tmp')
   try:
+    os.fchmod(fd, _NEW_FILE_MODE)
     with os.fdopen(fd, 'wb' if isinstance(data, bytes) else 'w') as f:
       f.write(data)
     os.replace(tmp, path)
