@@ -15,9 +15,13 @@ import os
 os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
 
 # pylint: disable=wrong-import-position
-from absl import app
 from absl import flags
 
+from libs import cli
+
+cli.import_tensorflow_quietly()  # before the imports below load TensorFlow
+
+from builders import dataset_builder  # noqa: E402
 from drivers import trainer
 from libs import cluster
 from libs import config_util
@@ -95,7 +99,9 @@ def run(options, make_step_callback=None):
   options = options._replace(cluster=cluster_config)
   if make_step_callback is not None:
     options = options._replace(step_callback=make_step_callback(cluster_config))
-  trainer.train(config, FLAGS.logdir, options, config_path=FLAGS.config_path)
+  with dataset_builder.naming_record_errors(config.train_input_reader, 'train_input_reader'):
+    trainer.train(config, FLAGS.logdir, options,
+                  config_path=config_util.config_source(FLAGS.config_path, FLAGS.config_override))
 
 
 def main(argv):
@@ -106,7 +112,7 @@ def main(argv):
 def console_main():
   """Entry point of the installed `pspnet-train` command."""
   define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':
