@@ -14,7 +14,7 @@ instead. Any other exception is a bug and keeps its traceback (status 1).
 
 TensorFlow's start-up lines (oneDNN notices, "All log messages before absl::InitializeLog() ...") are written by
 its C++ logging before TF_CPP_MIN_LOG_LEVEL is honoured; import_tensorflow_quietly() drops the lines below that
-level (2 unless set: warnings and errors are kept) and passes everything else through. TensorFlow's deprecation
+level (INFO unless set: warnings and errors are kept) and passes everything else through. TensorFlow's deprecation
 notices about the toolkit's own TF1-style calls are silenced while the command runs, unless --debug.
 """
 import contextlib
@@ -39,6 +39,7 @@ _ABSL_PRELUDE = 'WARNING: All log messages before absl::InitializeLog() is calle
 # absl/TensorFlow C++ log line: severity letter, MMDD, time.
 _CPP_LOG_LINE = re.compile(r'^([IWEF])\d{4} \d\d:\d\d:\d\d')
 _CPP_SEVERITIES = 'IWEF'
+_HELP_FLAGS = ('help', 'helpshort', 'helpfull', 'helpxml', '?')
 # Second lines of multi-line C++ log messages (cpu_feature_guard's).
 _CONTINUATIONS = ('To enable the following instructions:',)
 
@@ -100,11 +101,13 @@ def import_tensorflow_quietly():
   """
   if 'tensorflow' in sys.modules:
     return
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # Lines below the level the user set are dropped; unset: only INFO (TensorFlow itself then runs at 2, see
+  # libs/compat.py, but a warning printed while it starts is kept).
   try:
-    min_level = int(os.environ['TF_CPP_MIN_LOG_LEVEL'])
+    min_level = int(os.environ.get('TF_CPP_MIN_LOG_LEVEL', '1'))
   except ValueError:
     min_level = 0
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   sys.stderr.flush()
   try:
     saved_stderr = os.dup(2)
@@ -151,6 +154,11 @@ def _parse_flags(argv):
   except flags.Error as e:
     sys.stderr.write('%s (--help lists the flags)\n' % error_line(e))
     sys.exit(USER_ERROR_STATUS)
+  except SystemExit as e:
+    # absl's help flags print the help and exit with status 1; asking for help is no failure.
+    if e.code == 1 and any(arg.lstrip('-').split('=')[0] in _HELP_FLAGS for arg in argv[1:]):
+      sys.exit(0)
+    raise
 
 
 def _adopt_key_flags(main):
