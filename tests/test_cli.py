@@ -161,3 +161,14 @@ def test_startup_noise_is_dropped_and_warnings_kept():
   assert cli._drop_startup_noise(lines, 1) == lines[4:]  # pylint: disable=protected-access
   assert cli._drop_startup_noise(lines, 2) == lines[5:]  # pylint: disable=protected-access
   assert cli._drop_startup_noise(lines, 0) == lines[1:]  # pylint: disable=protected-access
+
+
+def test_dataset_tool_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
+  args = ['dataset_tools/create_cityscapes_tfrecord.py', '--cityscapes_dir', str(tmp_path / 'nope'),
+          '--split_type', 'train', '--output_dir', str(tmp_path / 'out')]
+  proc = _run(args)
+  lines = _stderr_lines(proc)
+  assert proc.returncode == 1  # the converter's status for data it cannot convert
+  assert len(lines) == 1 and lines[0].startswith('error: %s' % (tmp_path / 'nope')), proc.stderr
+  proc = _run(args + ['--debug'])
+  assert 'Traceback (most recent call last)' in proc.stderr
