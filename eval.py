@@ -11,9 +11,14 @@ By default it waits for each new checkpoint in --train_dir, evaluates it once an
 (Metrics/mIoU, Metrics/IoU/<class>, ...), results/step_<step>.json and best.json into --eval_dir; it exits once
 train_config.num_steps is evaluated. A restarted evaluator skips the checkpoints already evaluated.
 """
-from absl import app
 from absl import flags
 
+from libs import cli
+
+cli.import_tensorflow_quietly()  # before the imports below load TensorFlow
+
+# pylint: disable=wrong-import-position
+from builders import dataset_builder  # noqa: E402
 from drivers import evaluator
 from libs import config_util
 from libs import device_flags
@@ -63,13 +68,15 @@ def options_from_flags():
 def main(argv):
   del argv
   config = config_util.load_pipeline_config(FLAGS.config_path, FLAGS.config_override)
-  evaluator.evaluate(config, FLAGS.train_dir, FLAGS.eval_dir, options_from_flags(), config_path=FLAGS.config_path)
+  with dataset_builder.naming_record_errors(config.eval_input_reader, 'eval_input_reader'):
+    evaluator.evaluate(config, FLAGS.train_dir, FLAGS.eval_dir, options_from_flags(),
+                       config_path=config_util.config_source(FLAGS.config_path, FLAGS.config_override))
 
 
 def console_main():
   """Entry point of the installed `pspnet-eval` command."""
   define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

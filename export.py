@@ -12,16 +12,47 @@ writes output_dir/frozen_inference_graph.pb (uint8 `inputs` -> int32 `prediction
 training. --export_checkpoint (or --checkpoint_only) adds a clean checkpoint of the model variables and
 name_map.json, to initialise ICNet. Flags follow the original TF1 toolkit's export.py.
 """
-from absl import app
 from absl import flags
 
-from drivers import exporter
+from libs import cli
+
+cli.import_tensorflow_quietly()  # before the imports below load TensorFlow
+
+# pylint: disable=wrong-import-position
+from drivers import exporter  # noqa: E402
 from drivers import inference_graph
 from libs import config_util
 from libs.compat import tf
+from libs.config_errors import UserError
 
 FLAGS = flags.FLAGS
 logger = tf.get_logger()
+
+# Most pixels (N x H x W, padded) an exported network may take: 2^27 = 16 Cityscapes frames of 2048 x 4096.
+# Far larger shapes cannot run (activations of tens of GiB per tensor) and would first fail allocating
+# the timing input.
+MAX_INPUT_PIXELS = 2 ** 27
+
+
+def check_input_pixels(input_shape, pad_to_shape, flag='--input_shape', pad_flag='--pad_to_shape'):
+  """Raises a UserError, before anything is allocated, for a shape with more than MAX_INPUT_PIXELS pixels.
+
+  Args:
+    input_shape: (N, H, W, 3) or (H, W, 3) from parse_shape (None for a dynamic dimension), or None.
+    pad_to_shape: (H, W) or None.
+  """
+  if not input_shape:
+    return
+  batch = input_shape[0] if len(input_shape) == 4 else 1
+  height, width = input_shape[-3:-1]
+  if pad_to_shape:
+    height, width = max(height or 0, pad_to_shape[0]), max(width or 0, pad_to_shape[1])
+  pixels = (batch or 1) * (height or 1) * (width or 1)
+  if pixels > MAX_INPUT_PIXELS:
+    raise UserError('%s = %s%s: %d pixels (N x H x W); at most %d (2^27, e.g. 16 x 2048 x 4096) are allowed' % (
+        flag, inference_graph.shape_text(input_shape),
+        ' with %s = %s' % (pad_flag, inference_graph.shape_text(pad_to_shape)) if pad_to_shape else '',
+        pixels, MAX_INPUT_PIXELS))
 
 
 def define_flags():
@@ -54,17 +85,19 @@ def main(argv):
   del argv
   config = config_util.load_pipeline_config(FLAGS.config_path)
   if FLAGS.num_timing_runs < 0 or FLAGS.num_warmup_runs < 0:
-    raise ValueError('--num_timing_runs = %d, --num_warmup_runs = %d: must be >= 0'
-                     % (FLAGS.num_timing_runs, FLAGS.num_warmup_runs))
+    raise UserError('--num_timing_runs = %d, --num_warmup_runs = %d: must be >= 0'
+                    % (FLAGS.num_timing_runs, FLAGS.num_warmup_runs))
   session_config = tf.ConfigProto(allow_soft_placement=True)
   session_config.gpu_options.allow_growth = FLAGS.allow_growth
+  input_shape = inference_graph.parse_shape(FLAGS.input_shape, '--input_shape', (3, 4))
+  pad_to_shape = inference_graph.parse_shape(FLAGS.pad_to_shape, '--pad_to_shape', (2,))
+  check_input_pixels(input_shape, pad_to_shape)
   if not FLAGS.trained_checkpoint:
     logger.info('No --trained_checkpoint: computing the model figures only (timing with random weights).')
   with config_util.naming_config_file(FLAGS.config_path):
     result = exporter.export(
         config.model, FLAGS.output_dir, trained_checkpoint=FLAGS.trained_checkpoint,
-        input_shape=inference_graph.parse_shape(FLAGS.input_shape, '--input_shape', (3, 4)),
-        pad_to_shape=inference_graph.parse_shape(FLAGS.pad_to_shape, '--pad_to_shape', (2,)),
+        input_shape=input_shape, pad_to_shape=pad_to_shape,
         num_timing_runs=FLAGS.num_timing_runs, num_warmup_runs=FLAGS.num_warmup_runs,
         export_checkpoint=FLAGS.export_checkpoint, checkpoint_only=FLAGS.checkpoint_only,
         session_config=session_config, config_path=FLAGS.config_path, compute_dtype=FLAGS.compute_dtype)
@@ -76,7 +109,7 @@ def main(argv):
 def console_main():
   """Entry point of the installed `pspnet-export` command."""
   define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -11,10 +11,14 @@ Writes <name>_trainIds.png (or <name>_labelIds.png with --label_ids), <name>_col
 <name>_overlay.png per image. Flags follow the original TF1 toolkit's inference.py. Unreadable images are reported
 by name and skipped; the exit status is 1 when any image failed.
 """
-from absl import app
 from absl import flags
 
-from drivers import inference_graph
+from libs import cli
+
+cli.import_tensorflow_quietly()  # before the imports below load TensorFlow
+
+# pylint: disable=wrong-import-position
+from drivers import inference_graph  # noqa: E402
 from drivers import inference as inference_lib
 from libs import config_util
 from libs.compat import tf
@@ -68,7 +72,7 @@ def main(argv):
 def console_main():
   """Entry point of the installed `pspnet-inference` command."""
   define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ pspnet-create-cityscapes-tfrecord, pspnet-make-demo-dataset. The protos are comp
 also run from the repository root (`python train.py ...`) as in the README.
 """
 import os
+import sys
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -19,11 +20,20 @@ def _requirements():
 
 
 class BuildPyWithProtos(build_py):
-  """Generates protos/*_pb2.py before copying the packages."""
+  """Generates protos/*_pb2.py (and the stamp that tells the installed package they are current) before copying
+  the packages, so that both land in the wheel.
+
+  A PEP 517 build (`pip install .`) runs this in an isolated environment whose sys.path lacks the source
+  directory: the package is imported from HERE explicitly. Importing it compiles what is missing or stale.
+  """
 
   def run(self):
-    from protos import compile as proto_compile  # pylint: disable=import-outside-toplevel
-    proto_compile.compile_protos()
+    sys.path.insert(0, HERE)
+    try:
+      import protos  # pylint: disable=import-outside-toplevel,unused-import
+      protos.ensure_compiled()
+    finally:
+      sys.path.remove(HERE)
     super().run()
 
 
@@ -36,7 +46,7 @@ setup(
     python_requires='>=3.9',
     packages=['architectures', 'builders', 'drivers', 'libs', 'protos', 'dataset_tools'],
     py_modules=SCRIPTS,
-    package_data={'protos': ['*.proto']},
+    package_data={'protos': ['*.proto', '_generated.stamp']},
     install_requires=_requirements(),
     cmdclass={'build_py': BuildPyWithProtos},
     entry_points={'console_scripts': [

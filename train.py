@@ -16,9 +16,13 @@ import sys
 os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
 
 # pylint: disable=wrong-import-position
-from absl import app
 from absl import flags
 
+from libs import cli
+
+cli.import_tensorflow_quietly()  # before the imports below load TensorFlow
+
+from builders import dataset_builder  # noqa: E402
 from drivers import trainer
 from libs import cluster
 from libs import config_util
@@ -100,7 +104,9 @@ def run(options, make_step_callback=None):
   if make_step_callback is not None:
     options = options._replace(step_callback=make_step_callback(cluster_config))
   try:
-    trainer.train(config, FLAGS.logdir, options, config_path=FLAGS.config_path)
+    with dataset_builder.naming_record_errors(config.train_input_reader, 'train_input_reader'):
+      trainer.train(config, FLAGS.logdir, options,
+                    config_path=config_util.config_source(FLAGS.config_path, FLAGS.config_override))
   except trainer.TrainingInterrupted as e:
     # The shell's status of a process killed by the signal (130 SIGINT, 143 SIGTERM): not a finished run.
     logger.warning('%s; exit status %d.', e, e.exit_code)
@@ -115,7 +121,7 @@ def main(argv):
 def console_main():
   """Entry point of the installed `pspnet-train` command."""
   define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

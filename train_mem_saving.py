@@ -22,7 +22,8 @@ Takes every flag of train.py, plus:
 from absl import app
 from absl import flags
 
-import train
+import train  # first: it imports TensorFlow quietly (libs/cli.py)
+from libs import cli
 from libs import gradient_checkpoints
 from libs import memory
 from libs import memory_saving_gradients
@@ -38,6 +39,7 @@ AUTO_VALUES = ['auto'] + [AUTO_PREFIX + mode for mode in gradient_checkpoints.MO
 def define_flags():
   """train.py's flags plus the memory-saving ones."""
   train.define_flags()
+  flags.adopt_module_key_flags(train)  # list train.py's flags in --help too
   flags.DEFINE_list('checkpoint_nodes', [], 'Comma-separated names of the nodes kept for the backward pass '
                     '(without clone scope), e.g. the five of README "Memory-saving training"; or one of %s.'
                     % ', '.join(AUTO_VALUES))
@@ -92,7 +94,7 @@ def make_memory_logger(cluster_config):
 def console_main():
   """Entry point of the installed `pspnet-train-mem-saving` command."""
   define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ from architectures import dilated_resnet_v1
 from libs import conv_gradients
 from libs.compat import slim
 from libs.compat import tf
+from libs.config_errors import UserError
 from libs.image_ops import MEAN_RGB
 from libs.image_ops import resize_bilinear
 
@@ -94,8 +95,8 @@ def pyramid_average_pools(features, bins_list):
   """
   height, width, channels = features.shape.as_list()[1:4]
   if height is None or width is None or channels is None:
-    raise ValueError('Pyramid pooling needs a static feature map size, got %s for %s; give the network inputs '
-                     'of a fixed size (crop or pad them).' % (features.shape, features.name))
+    raise UserError('Pyramid pooling needs a static feature map size, got %s for %s; give the network inputs '
+                    'of a fixed size (crop or pad them).' % (features.shape, features.name))
   row_matrix = tf.concat([_averaging_matrix(height, bins, features.dtype) for bins in bins_list], axis=0)
   rows = tf.matmul(row_matrix, tf.reshape(features, [-1, height, width * channels]),
                    name='rows')                                          # [N, sum(bins_list), w * C]
@@ -368,6 +369,6 @@ class PSPNetArchitecture(object):
       return {v.op.name[len(prefix):]: v for v in model_vars if v.op.name.startswith(prefix)}
     if fine_tune_checkpoint_type == 'segmentation':
       return {v.op.name: v for v in model_vars}
-    raise ValueError('fine_tune_checkpoint_type must be "classification" or "segmentation", got %r'
+    raise UserError('fine_tune_checkpoint_type must be "classification" or "segmentation", got %r'
                      % (fine_tune_checkpoint_type,))
 

@@ -11,17 +11,30 @@ check the label values -> preprocess -> (buffer examples) -> batch -> prefetch b
 Records are shuffled while still serialized (a compressed frame is far smaller than a decoded one), and
 label values are checked before any augmentation so that a broken record is reported by its filename
 instead of surfacing later as an out-of-range class in the loss.
+
+Every record carries the path of its record file through the pipeline, so that a record without a required
+feature, an undecodable image and a failed label check name the file; a truncated or corrupt file (which the
+reader reports without its name) is found by naming_record_errors(), which wraps the code that consumes the
+input and turns those errors into a UserError naming the file.
 """
+import contextlib
 import inspect
+import re
 
 from libs.compat import tf
 from libs.config_errors import ConfigError
+from libs.config_errors import UserError
 from libs.config_errors import require_oneof
 from libs.standard_fields import InputDataFields
 from libs.standard_fields import TfExampleFields
 
 # Enough to print every distinct bad value of a uint8 label.
 _SUMMARIZE = 256
+# In every run-time check message of a record: what naming_record_errors() recognises as an input error.
+RECORD_FILE_MARKER = '(record file '
+# Leading bytes of the formats tf.io.decode_image reads.
+_IMAGE_SIGNATURES = (b'\x89PNG', b'\xff\xd8\xff', b'GIF8', b'BM', b'RIFF')
+_PNG_SIGNATURE = b'\x89PNG'
 
 
 def _list_input_files(reader_config, field_path):
@@ -91,37 +104,64 @@ def _check_label_values(label, filename, num_classes, ignore_label):
       return tf.identity(label)
 
 
+def _read_record_file(path):
+  """The records of one file, each paired with the file's path (named in the checks' messages)."""
+  return tf.data.TFRecordDataset(path).map(lambda record: (record, path))
+
+
+def _check_encoded(encoded, key, signatures, what, where):
+  """Returns encoded, with a run-time check that the required feature is there and starts like one of the
+  formats its decoder reads (the decoders' own errors name neither the record nor the file)."""
+  present = tf.debugging.Assert(
+      tf.strings.length(encoded) > 0,
+      [tf.strings.join(['Record ', where, ' has no feature "%s" (required: the %s)' % (key, what)])])
+  prefixes = tf.stack([tf.equal(tf.strings.substr(encoded, 0, len(sig)), sig) for sig in signatures])
+  with tf.control_dependencies([present]):
+    known = tf.debugging.Assert(
+        tf.reduce_any(prefixes),
+        [tf.strings.join(['Record ', where, ': feature "%s" is not a %s' % (key, what)])])
+  with tf.control_dependencies([known]):
+    return tf.identity(encoded)
+
+
 def _decode_fn(num_classes, ignore_label, preprocess_fn):
-  """Returns the function mapping one serialized tf.train.Example to a preprocessed example dict."""
+  """Returns the function mapping (serialized tf.train.Example, record file) to a preprocessed example dict."""
+  # Required features default to '' so that a missing one is reported by _check_encoded, naming the file.
   features = {
-      TfExampleFields.image_encoded: tf.io.FixedLenFeature([], tf.string),
+      TfExampleFields.image_encoded: tf.io.FixedLenFeature([], tf.string, default_value=''),
       TfExampleFields.filename: tf.io.FixedLenFeature([], tf.string, default_value=''),
-      TfExampleFields.segmentation_class_encoded: tf.io.FixedLenFeature([], tf.string),
+      TfExampleFields.segmentation_class_encoded: tf.io.FixedLenFeature([], tf.string, default_value=''),
   }
   pass_filename = preprocess_fn is not None and _accepts_filename(preprocess_fn)
 
   # The function only composes TF ops (no Python control flow on tensors): autograph has nothing to
   # convert, and skipping it keeps the traced graph exactly what is written here.
   @tf.autograph.experimental.do_not_convert
-  def decode(serialized):
+  def decode(serialized, record_file):
     parsed = tf.io.parse_single_example(serialized, features)
     filename = parsed[TfExampleFields.filename]
+    # The record's own name and its file, for the run-time checks' messages.
+    where = tf.strings.join([filename, ' ' + RECORD_FILE_MARKER, record_file, ')'])
+    encoded_image = _check_encoded(parsed[TfExampleFields.image_encoded], TfExampleFields.image_encoded,
+                                   _IMAGE_SIGNATURES, 'PNG, JPEG, GIF, BMP or WebP image', where)
+    encoded_label = _check_encoded(parsed[TfExampleFields.segmentation_class_encoded],
+                                   TfExampleFields.segmentation_class_encoded, (_PNG_SIGNATURE,),
+                                   'PNG label map', where)
     # decode_image handles PNG and JPEG; expand_animations=False keeps a static rank of 3.
-    image = tf.io.decode_image(parsed[TfExampleFields.image_encoded], channels=3,
-                               expand_animations=False)
-    label = tf.io.decode_png(parsed[TfExampleFields.segmentation_class_encoded], channels=1)
+    image = tf.io.decode_image(encoded_image, channels=3, expand_animations=False)
+    label = tf.io.decode_png(encoded_label, channels=1)
     image_size = tf.shape(image)[:2]
     label_size = tf.shape(label)[:2]
     same_size = tf.debugging.Assert(
         tf.reduce_all(tf.equal(image_size, label_size)),
-        ['Image and label sizes differ in record', filename, 'image (h, w):', image_size,
+        ['Image and label sizes differ in record', where, 'image (h, w):', image_size,
          'label (h, w):', label_size])
     with tf.control_dependencies([same_size]):
-      label = _check_label_values(label, filename, num_classes, ignore_label)
+      label = _check_label_values(label, where, num_classes, ignore_label)
     image = tf.cast(image, tf.float32)
     if preprocess_fn is not None:
       if pass_filename:
-        image, label = preprocess_fn(image, label, filename=filename)
+        image, label = preprocess_fn(image, label, filename=where)
       else:
         image, label = preprocess_fn(image, label)
     return {
@@ -191,7 +231,7 @@ def build(input_reader_config, batch_size, num_classes, ignore_label=255, prepro
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if config.shuffle:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-  dataset = dataset.interleave(tf.data.TFRecordDataset,
+  dataset = dataset.interleave(_read_record_file,
                                cycle_length=min(config.num_readers, len(files)),
                                block_length=1,
                                num_parallel_calls=tf.data.AUTOTUNE,
@@ -219,7 +259,7 @@ def _check_batchable(dataset, batch_size):
   for key in (InputDataFields.image, InputDataFields.labels_class):
     shape = spec[key].shape
     if not shape.is_fully_defined():
-      raise ValueError(
+      raise UserError(
           'batch_size = %d needs every example to have the same size, but after preprocessing the %r '
           'shape is %s. Add a random_image_crop (or resize_image) preprocessing step after any '
           'random_image_scale, or use batch size 1.' % (batch_size, key, shape))
@@ -268,3 +308,53 @@ def no_batch_error(input_reader_config, field_path, batch_size=1, batch_field=No
                      'must yield at least %s; %s hold%s %s: %s' % (
                          wanted, 'the %d files it matches' % len(files) if len(files) > 1 else 'the file it matches',
                          '' if len(files) > 1 else 's', holding, named))
+
+
+def _first_bad_record_file(files):
+  """(file, number of records read before the error, the reader's message) of the first file that does not read
+  to its end, or None."""
+  for path in files:
+    count = 0
+    try:
+      for _ in tf.compat.v1.io.tf_record_iterator(path):
+        count += 1
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+      return path, count, e.message
+  return None
+
+
+@contextlib.contextmanager
+def naming_record_errors(input_reader_config, field_path='train_input_reader'):
+  """Re-raises errors of reading or parsing the records inside the block as a UserError naming the record file.
+
+  Wrap the code that consumes the dataset built from input_reader_config (a training or evaluation loop). A
+  tf.errors.DataLossError (truncated or corrupt file: the reader does not name it) makes it read the input files
+  once to find the bad one; an InvalidArgumentError of a record check (see build()) already names it and is
+  shortened to its first line. Other errors pass unchanged.
+
+  Raises:
+    UserError: for an input error, naming field_path, the record file and the problem.
+  """
+  try:
+    yield
+  except tf.errors.DataLossError as e:
+    try:
+      files = _list_input_files(input_reader_config.tf_record_input_reader,
+                                field_path + '.tf_record_input_reader')
+    except ConfigError:
+      raise e from None
+    bad = _first_bad_record_file(files)
+    if bad is None:
+      raise
+    path, count, message = bad
+    raise UserError('%s: record file %s is corrupt or truncated after %d good record(s): %s (rewrite it, e.g. '
+                    'with dataset_tools/create_cityscapes_tfrecord.py)' % (field_path, path, count, message)) from None
+  except tf.errors.InvalidArgumentError as e:
+    # Session.run prefixes "Graph execution error:"; the check's own line follows.
+    lines = [line.strip() for line in e.message.splitlines() if RECORD_FILE_MARKER in line]
+    if not lines:
+      raise
+    message = re.sub(r'^assertion failed: ', '', lines[0]).replace('\\"', '"')
+    if message.startswith('[') and message.endswith(']') and '] [' not in message:
+      message = message[1:-1]
+    raise UserError('%s: %s' % (field_path, message)) from None

@@ -22,10 +22,10 @@ def _build_pspnet(config, is_training, field_path):
     raise ConfigError(field_path + '.dropout_keep_prob', config.dropout_keep_prob, 'must be in (0, 1]')
   if config.aux_head_depth <= 0:
     raise ConfigError(field_path + '.aux_head_depth', config.aux_head_depth, 'must be > 0')
-  pooling_factors = tuple(config.pooling_factors) or DEFAULT_POOLING_FACTORS
-  for i, bins in enumerate(pooling_factors):
-    if bins <= 0:
-      raise ConfigError('%s.pooling_factors[%d]' % (field_path, i), bins, 'must be > 0')
+  for i, bins in enumerate(config.pooling_factors):
+    if bins <= 0 or bins != int(bins):
+      raise ConfigError('%s.pooling_factors[%d]' % (field_path, i), bins, 'must be a whole number of bins > 0')
+  pooling_factors = tuple(int(bins) for bins in config.pooling_factors) or DEFAULT_POOLING_FACTORS
   if len(set(pooling_factors)) != len(pooling_factors):
     raise ConfigError(field_path + '.pooling_factors', list(pooling_factors), 'must not repeat a value')
 
@@ -86,8 +86,16 @@ def _model_fields(config):
 
 
 def num_classes(config):
-  """The class count of a Model config."""
-  return _model_fields(config).num_classes
+  """The class count of a Model config.
+
+  Raises:
+    ConfigError: when it is not > 0 (naming the field, e.g. model.pspnet.num_classes).
+  """
+  which = require_oneof(config, 'model', 'model')
+  value = getattr(config, which).num_classes
+  if value <= 0:
+    raise ConfigError('model.%s.num_classes' % which, value, 'must be > 0')
+  return value
 
 
 def ignore_label(config):

@@ -52,7 +52,11 @@ if __package__ in (None, ''):
 import numpy as np
 from PIL import Image
 
-from libs import cityscapes_labels
+from libs import cli
+
+cli.import_tensorflow_quietly()  # before libs.compat loads TensorFlow
+
+from libs import cityscapes_labels  # noqa: E402
 from libs.compat import tf
 from libs.standard_fields import TfExampleFields
 
@@ -422,6 +426,8 @@ def parse_args(argv=None):
   parser.add_argument('--skip_bad', action='store_true',
                       help='Leave out frames with problems (with a warning) instead of failing.')
   parser.add_argument('--log_every', type=int, default=100, help='Log progress every N frames.')
+  parser.add_argument('--debug', action='store_true', help='Show the traceback of an error (also: %s=1).'
+                      % cli.DEBUG_ENV)
   args = parser.parse_args(argv)
   if args.num_shards < 1:
     parser.error('--num_shards must be >= 1, got %d' % args.num_shards)
@@ -437,7 +443,9 @@ def main(argv=None):
     convert(args.cityscapes_dir, args.split_type, args.output_dir, num_shards=args.num_shards,
             label_type=args.label_type, skip_bad=args.skip_bad, log_every=args.log_every)
   except ValueError as e:
-    print('ERROR: %s' % e, file=sys.stderr)
+    if cli.debug_enabled(args.debug):
+      raise
+    print(cli.error_line(e), file=sys.stderr)
     return 1
   return 0
 

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from libs import cityscapes_labels
+from libs import cli
 
 CITIES = {'train': 'synthcity', 'val': 'synthtown'}
 MIN_SIZE = 32  # below this the scene's regions (a few rows each) degenerate
@@ -217,6 +218,8 @@ def parse_args(argv=None):
   parser.add_argument('--seed', type=int, default=0, help='Random seed (default 0).')
   parser.add_argument('--sample_dir', default=None,
                       help='Optional Cityscapes-layout folder whose real frames are copied in too.')
+  parser.add_argument('--debug', action='store_true', help='Show the traceback of an error (also: %s=1).'
+                      % cli.DEBUG_ENV)
   return parser.parse_args(argv)
 
 
@@ -227,7 +230,9 @@ def main(argv=None):
     frames = make_dataset(args.output_dir, args.num_train, args.num_val, height=args.height,
                           width=args.width, seed=args.seed, sample_dir=args.sample_dir)
   except ValueError as e:
-    print('ERROR: %s' % e, file=sys.stderr)
+    if cli.debug_enabled(args.debug):
+      raise
+    print(cli.error_line(e), file=sys.stderr)
     return 1
   for split in sorted(frames):
     print('%s: %d frame(s) in %s' % (split, len(frames[split]), os.path.join(args.output_dir, 'leftImg8bit', split)))

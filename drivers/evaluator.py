@@ -48,6 +48,7 @@ from libs import summaries
 from libs.compat import slim
 from libs.compat import tf
 from libs.config_errors import ConfigError
+from libs.config_errors import UserError
 from libs.standard_fields import InputDataFields as fields
 from protos import input_reader_pb2
 
@@ -189,8 +190,8 @@ def _parse_start_step(value, train_dir):
     return int(value)
   step = checkpoint_utils.checkpoint_step(value)
   if step is None:
-    raise ValueError('--evaluate_all_from_checkpoint = %r: expected a checkpoint like %s/model.ckpt-1000 (or '
-                     'model.ckpt-1000, or a global step)' % (value, train_dir))
+    raise UserError('--evaluate_all_from_checkpoint = %r: expected a checkpoint like %s/model.ckpt-1000 (or '
+                    'model.ckpt-1000, or a global step)' % (value, train_dir))
   return step
 
 
@@ -256,7 +257,7 @@ class _Evaluator(object):
                      e)
       return 'retry'
     if missing or mismatched:
-      raise ValueError('Checkpoint %s does not match the model of the eval config: %s%s' % (
+      raise UserError('Checkpoint %s does not match the model of the eval config: %s%s' % (
           path, ('%d variables missing (e.g. %s)' % (len(missing), missing[0])) if missing else '',
           ('; shape mismatches: %s' % '; '.join(mismatched[:3])) if mismatched else ''))
     global_step = int(self._sess.run(self._g.global_step))
@@ -431,10 +432,10 @@ def evaluate(pipeline_config, train_dir, eval_dir, options=None, config_path=Non
   """
   options = options or default_options()
   if options.eval_interval_secs < 0 or options.eval_timeout_secs < 0 or options.max_evals < 0:
-    raise ValueError('eval_interval_secs, eval_timeout_secs and max_evals must be >= 0, got %s, %s, %s' % (
+    raise UserError('eval_interval_secs, eval_timeout_secs and max_evals must be >= 0, got %s, %s, %s' % (
         options.eval_interval_secs, options.eval_timeout_secs, options.max_evals))
   if options.log_every_n_images <= 0:
-    raise ValueError('log_every_n_images must be > 0, got %r' % (options.log_every_n_images,))
+    raise UserError('log_every_n_images must be > 0, got %r' % (options.log_every_n_images,))
   start_step = None
   if options.evaluate_all_from_checkpoint:
     start_step = _parse_start_step(options.evaluate_all_from_checkpoint, train_dir)

@@ -38,6 +38,7 @@ from libs import config_util
 from libs import frozen_graph
 from libs.compat import slim
 from libs.compat import tf
+from libs.config_errors import UserError
 
 # pylint: disable=g-direct-tensorflow-import,g-bad-import-order
 # The profiler and the SavedModel signature helpers call TF1 helpers that log a deprecation notice on every
@@ -423,10 +424,10 @@ def export(model_config, output_dir, trained_checkpoint=None, input_shape=(1, 10
     ValueError: for bad shapes, a missing or mismatching checkpoint, or checkpoint flags without a checkpoint.
   """
   if input_shape is None or len(input_shape) not in (3, 4) or input_shape[-1] != 3:
-    raise ValueError('--input_shape = %s: expected N,H,W,3 or H,W,3' % (
+    raise UserError('--input_shape = %s: expected N,H,W,3 or H,W,3' % (
         inference_graph.shape_text(input_shape) if input_shape else input_shape))
   if (export_checkpoint or checkpoint_only) and not trained_checkpoint:
-    raise ValueError('--%s needs --trained_checkpoint (the weights to write)' % (
+    raise UserError('--%s needs --trained_checkpoint (the weights to write)' % (
         'checkpoint_only' if checkpoint_only else 'export_checkpoint'))
   checkpoint_path = None
   if trained_checkpoint:

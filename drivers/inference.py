@@ -35,6 +35,7 @@ from libs import checkpoint_utils
 from libs import cityscapes_labels
 from libs import summaries
 from libs.compat import tf
+from libs.config_errors import UserError
 
 logger = tf.get_logger()
 
@@ -81,8 +82,8 @@ def list_images(input_path, flag='--input_path'):
     paths = [p for p in glob.glob(input_path, recursive=True) if os.path.isfile(p) and is_image(p)]
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else None
   if not paths:
-    raise ValueError('%s = %r: no %s images found (an image file, a directory searched recursively, or a glob)'
-                     % (flag, input_path, '/'.join(IMAGE_EXTENSIONS)))
+    raise UserError('%s = %r: no %s images found (an image file, a directory searched recursively, or a glob)'
+                    % (flag, input_path, '/'.join(IMAGE_EXTENSIONS)))
   paths = sorted(paths)
   names = [os.path.splitext(os.path.relpath(os.path.abspath(p), os.path.abspath(root)))[0] for p in paths]
   counts = collections.Counter(names)
@@ -188,8 +189,8 @@ class Segmenter(object):
     self._stride = model_builder.output_stride(model_config)
     self._session_config = session_config
     if input_shape is not None and (len(input_shape) != 3 or input_shape[2] != 3 or None in input_shape):
-      raise ValueError('--input_shape = %s: expected H,W,3 (one image, 3 channels; leave it empty for any size)'
-                       % ','.join('-1' if d is None else str(d) for d in input_shape))
+      raise UserError('--input_shape = %s: expected H,W,3 (one image, 3 channels; leave it empty for any size)'
+                      % ','.join('-1' if d is None else str(d) for d in input_shape))
     if input_shape is None and pad_to_shape is None:
       self._base_shape = None
     else:
@@ -285,10 +286,10 @@ def run_inference(model_config, trained_checkpoint, input_path, output_dir, inpu
   """
   num_classes = model_builder.num_classes(model_config)
   if label_ids and num_classes != cityscapes_labels.NUM_TRAIN_CLASSES:
-    raise ValueError('--label_ids maps the 19 Cityscapes train ids to label ids, but the model has num_classes = '
+    raise UserError('--label_ids maps the 19 Cityscapes train ids to label ids, but the model has num_classes = '
                      '%d' % num_classes)
   if not 0.0 <= overlay_alpha <= 1.0:
-    raise ValueError('--overlay_alpha = %r: must be in [0, 1]' % (overlay_alpha,))
+    raise UserError('--overlay_alpha = %r: must be in [0, 1]' % (overlay_alpha,))
   checkpoint_path = checkpoint_utils.resolve_checkpoint(trained_checkpoint, '--trained_checkpoint')
   images = list_images(input_path)
   palette = summaries.class_palette(num_classes, model_builder.ignore_label(model_config))

@@ -18,6 +18,7 @@ import collections
 from builders import model_builder
 from libs import image_ops
 from libs.compat import tf
+from libs.config_errors import UserError
 
 INPUT_NAME = 'inputs'
 OUTPUT_NAME = 'predictions'
@@ -42,13 +43,13 @@ def parse_shape(text, flag, ranks):
   try:
     dims = [int(part) for part in text.split(',')]
   except ValueError:
-    raise ValueError('%s = %r: expected comma-separated integers, e.g. %s' % (
+    raise UserError('%s = %r: expected comma-separated integers, e.g. %s' % (
         flag, text, ','.join(['1', '1024', '2048', '3'][-max(ranks):]))) from None
   if len(dims) not in ranks:
-    raise ValueError('%s = %r: expected %s values, got %d' % (
+    raise UserError('%s = %r: expected %s values, got %d' % (
         flag, text, ' or '.join(str(r) for r in ranks), len(dims)))
   if any(d == 0 or d < -1 for d in dims):
-    raise ValueError('%s = %r: dimensions must be > 0 (or -1 for any size)' % (flag, text))
+    raise UserError('%s = %r: dimensions must be > 0 (or -1 for any size)' % (flag, text))
   return tuple(None if d == -1 else d for d in dims)
 
 
@@ -75,14 +76,14 @@ def resolve_network_shape(image_size, pad_to_shape, stride, input_flag='--input_
   """
   if pad_to_shape is None:
     if None in image_size:
-      raise ValueError('%s = %s has a dynamic height or width: give %s (the static size the network is '
-                       'built for, e.g. 1025,2049)' % (input_flag, shape_text(image_size), pad_flag))
+      raise UserError('%s = %s has a dynamic height or width: give %s (the static size the network is '
+                      'built for, e.g. 1025,2049)' % (input_flag, shape_text(image_size), pad_flag))
     return tuple(exact_zoom_size(s, stride) for s in image_size)
   if None in pad_to_shape:
-    raise ValueError('%s = %s: the network shape must be static (no -1)' % (pad_flag, shape_text(pad_to_shape)))
+    raise UserError('%s = %s: the network shape must be static (no -1)' % (pad_flag, shape_text(pad_to_shape)))
   for size, padded in zip(image_size, pad_to_shape):
     if size is not None and padded < size:
-      raise ValueError('%s = %s is smaller than %s = %s: padding cannot shrink the input' % (
+      raise UserError('%s = %s is smaller than %s = %s: padding cannot shrink the input' % (
           pad_flag, shape_text(pad_to_shape), input_flag, shape_text(image_size)))
   return tuple(pad_to_shape)
 
@@ -106,7 +107,7 @@ def compute_dtype_of(name, flag='--compute_dtype'):
   if name in (None, ''):
     return tf.float32
   if name not in COMPUTE_DTYPES:
-    raise ValueError('%s = %r: allowed: %s' % (flag, name, ', '.join(COMPUTE_DTYPES)))
+    raise UserError('%s = %r: allowed: %s' % (flag, name, ', '.join(COMPUTE_DTYPES)))
   return tf.as_dtype(name)
 
 
@@ -136,7 +137,7 @@ def build_inference_graph(model, input_shape, network_shape, reuse=None, input_n
   """
   input_shape = list(input_shape)
   if len(input_shape) not in (3, 4) or input_shape[-1] != 3:
-    raise ValueError('input shape must be [N, H, W, 3] or [H, W, 3], got %s' % (input_shape,))
+    raise UserError('input shape must be [N, H, W, 3] or [H, W, 3], got %s' % (input_shape,))
   batched = len(input_shape) == 4
   net_h, net_w = network_shape
   inputs = tf.placeholder(tf.uint8, input_shape, name=input_name)

@@ -20,6 +20,7 @@ import re
 
 from libs.compat import slim
 from libs.compat import tf
+from libs.config_errors import UserError
 
 logger = tf.get_logger()
 
@@ -43,12 +44,12 @@ def resolve_checkpoint(path, field='train_config.fine_tune_checkpoint'):
   if os.path.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
-      raise ValueError('%s = %r: directory holds no checkpoint' % (field, path))
+      raise UserError('%s = %r: directory holds no checkpoint' % (field, path))
     return latest
   if tf.train.checkpoint_exists(path):
     return path
-  raise ValueError('%s = %r: no such checkpoint (expected files %s.index/.data-* or a V1 checkpoint file)'
-                   % (field, path, path))
+  raise UserError('%s = %r: no such checkpoint (expected files %s.index/.data-* or a V1 checkpoint file)'
+                  % (field, path, path))
 
 
 def checkpoint_shapes(checkpoint_path):
@@ -98,8 +99,8 @@ def build_fine_tune_init(model, checkpoint_path, checkpoint_type):
   var_map = model.restore_map(checkpoint_type)
   restorable, _, _ = filter_restore_map(var_map, checkpoint_path)
   if not restorable:
-    raise ValueError('fine_tune_checkpoint %s (type %r) holds none of the model variables it should '
-                     'initialise; is fine_tune_checkpoint_type right?' % (checkpoint_path, checkpoint_type))
+    raise UserError('fine_tune_checkpoint %s (type %r) holds none of the model variables it should '
+                    'initialise; is fine_tune_checkpoint_type right?' % (checkpoint_path, checkpoint_type))
   saver = tf.train.Saver(restorable, name='fine_tune_saver')
 
   def init_fn(sess):
@@ -121,8 +122,8 @@ def checked_restore_map(checkpoint_path, flag='--trained_checkpoint'):
   restorable, missing, mismatched = filter_restore_map(var_map, checkpoint_path, log=False)
   if missing or mismatched:
     problems = ['not in checkpoint: %s' % name for name in missing[:5]] + mismatched[:5]
-    raise ValueError('%s = %r does not fit the model of the config: %d of %d model variables missing, %d with '
-                     'another shape (e.g. %s)' % (flag, checkpoint_path, len(missing), len(var_map),
+    raise UserError('%s = %r does not fit the model of the config: %d of %d model variables missing, %d with '
+                    'another shape (e.g. %s)' % (flag, checkpoint_path, len(missing), len(var_map),
                                                   len(mismatched), '; '.join(problems)))
   return restorable
 

@@ -23,6 +23,7 @@ import json
 import os
 
 from libs.compat import tf
+from libs.config_errors import UserError
 
 logger = tf.get_logger()
 
@@ -66,19 +67,19 @@ def from_tf_config(tf_config, sync_replicas=False):
   try:
     parsed = json.loads(tf_config)
   except ValueError as e:
-    raise ValueError('TF_CONFIG is not valid JSON: %s' % e) from None
+    raise UserError('TF_CONFIG is not valid JSON: %s' % e) from None
   cluster = parsed.get('cluster') or {}
   task = parsed.get('task') or {}
   job, index = task.get('type'), task.get('index', 0)
   if not cluster:
-    raise ValueError('TF_CONFIG = %r: needs a "cluster" with "ps" and "worker" jobs' % tf_config)
+    raise UserError('TF_CONFIG = %r: needs a "cluster" with "ps" and "worker" jobs' % tf_config)
   if job not in ('ps', 'worker', 'chief'):
-    raise ValueError('TF_CONFIG task.type = %r: allowed: "ps", "worker", "chief"' % (job,))
+    raise UserError('TF_CONFIG task.type = %r: allowed: "ps", "worker", "chief"' % (job,))
   if job not in cluster or not 0 <= index < len(cluster[job]):
-    raise ValueError('TF_CONFIG task = %r: no such task in cluster %r' % (task, cluster))
+    raise UserError('TF_CONFIG task = %r: no such task in cluster %r' % (task, cluster))
   num_ps = len(cluster.get('ps', []))
   if num_ps == 0:
-    raise ValueError('TF_CONFIG cluster %r: between-graph training needs at least one "ps" task' % (cluster,))
+    raise UserError('TF_CONFIG cluster %r: between-graph training needs at least one "ps" task' % (cluster,))
   is_chief = job == 'chief' or (job == 'worker' and index == 0 and 'chief' not in cluster)
   num_replicas = len(cluster.get('worker', [])) + len(cluster.get('chief', []))
   return ClusterConfig(tf.train.ClusterSpec(cluster), job, index, is_chief, num_ps, num_replicas,
@@ -89,15 +90,15 @@ def from_flags(master, task, num_ps_tasks, num_replicas, sync_replicas=False):
   """Cluster of TF-Slim style flags; None when training in one process (no --master, no ps tasks)."""
   if not master and num_ps_tasks == 0:
     if sync_replicas:
-      raise ValueError('--sync_replicas needs a cluster (--master/--num_ps_tasks or TF_CONFIG)')
+      raise UserError('--sync_replicas needs a cluster (--master/--num_ps_tasks or TF_CONFIG)')
     return None
   if not master:
-    raise ValueError("--num_ps_tasks %d needs --master (the grpc:// address of this worker's server)"
-                     % num_ps_tasks)
+    raise UserError("--num_ps_tasks %d needs --master (the grpc:// address of this worker's server)"
+                    % num_ps_tasks)
   if num_ps_tasks <= 0:
-    raise ValueError('--master %s needs --num_ps_tasks > 0 (variables live on parameter servers)' % master)
+    raise UserError('--master %s needs --num_ps_tasks > 0 (variables live on parameter servers)' % master)
   if task < 0 or num_replicas <= 0 or task >= num_replicas:
-    raise ValueError('--task %d must be in [0, --num_replicas %d)' % (task, num_replicas))
+    raise UserError('--task %d must be in [0, --num_replicas %d)' % (task, num_replicas))
   return ClusterConfig(None, 'worker', task, task == 0, num_ps_tasks, num_replicas, sync_replicas,
                        target=master)
 
@@ -107,7 +108,7 @@ def resolve(master='', task=0, num_ps_tasks=0, num_replicas=1, sync_replicas=Fal
   environ = os.environ if environ is None else environ
   tf_config = environ.get('TF_CONFIG', '')
   if tf_config and master:
-    raise ValueError('Both TF_CONFIG and --master are set; describe the cluster one way')
+    raise UserError('Both TF_CONFIG and --master are set; describe the cluster one way')
   if tf_config:
     return from_tf_config(tf_config, sync_replicas)
   return from_flags(master, task, num_ps_tasks, num_replicas, sync_replicas)

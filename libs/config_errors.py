@@ -1,4 +1,8 @@
-"""The one error type for a bad configuration value, so that every message names the same three things.
+"""The error types of user input: UserError for anything the user gave (flags, files, checkpoints, shapes), and
+ConfigError for a bad configuration value, so that every message names the same three things.
+
+The scripts (libs/cli.py) print a UserError as one line `error: <message>` without a traceback; any other
+exception is a bug and keeps its traceback.
 
     raise ConfigError('train_config.batch_size', 0, 'must be > 0')
     -> ValueError: train_config.batch_size = 0: must be > 0
@@ -9,7 +13,12 @@ libs/config_util.py adds the config file to errors raised while validating a fil
 """
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+  """Input the user gave (a flag, a file, a checkpoint, a shape) is not usable; the message names it, the value
+  and what is allowed. A ValueError, so callers that catch ValueError keep working."""
+
+
+class ConfigError(UserError):
   """A configuration field holds a value that is not allowed.
 
   Attributes:

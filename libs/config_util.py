@@ -11,6 +11,7 @@ import tempfile
 from google.protobuf import text_format
 
 from libs.config_errors import ConfigError
+from libs.config_errors import UserError
 from protos import pipeline_pb2
 
 PIPELINE_CONFIG_NAME = 'pipeline.config'
@@ -20,41 +21,55 @@ def parse_pipeline_config(text, config_path='<string>'):
   """Parses text-format PipelineConfig strictly.
 
   Raises:
-    ValueError: naming config_path, the line and column, and the parser's complaint (e.g. the unknown field).
+    UserError: naming config_path, the line and column, and the parser's complaint (e.g. the unknown field).
   """
   config = pipeline_pb2.PipelineConfig()
   try:
     text_format.Parse(text, config)
   except text_format.ParseError as e:
-    raise ValueError('%s: invalid config: %s' % (config_path, e)) from None
+    raise UserError('%s: invalid config: %s' % (config_path, e)) from None
   return config
 
 
-def load_pipeline_config(config_path, overrides=None):
+def load_pipeline_config(config_path, overrides=None, flag='--config_path', overrides_flag='--config_override'):
   """Reads a pipeline config file, applies optional text-format overrides, and returns the message.
 
   Args:
     config_path: path of a text-format PipelineConfig.
     overrides: optional text-format PipelineConfig fragment merged on top (e.g. from --config_override:
       'train_config { num_steps: 10 }'); repeated fields in it are appended.
+    flag: the flag that gave config_path, named in errors.
+    overrides_flag: the flag that gave overrides, named in errors.
 
   Raises:
-    ValueError: when the file is missing or unreadable, or the config or the override does not parse.
+    UserError: when the file is missing, a directory or unreadable, or the config or the override does not
+      parse; the message names the file (or the override's flag) and the problem.
   """
+  if os.path.isdir(config_path):
+    raise UserError('%s = %r: is a directory; expected a text-format pipeline config file (e.g. '
+                    'configs/pspnet_1.0_713_resnet_v1.config)' % (flag, config_path))
   if not os.path.isfile(config_path):
-    raise ValueError('config file %s does not exist' % config_path)
+    raise UserError('%s = %r: config file does not exist' % (flag, config_path))
   try:
     with open(config_path) as f:
       text = f.read()
   except (OSError, UnicodeDecodeError) as e:
-    raise ValueError('cannot read config file %s: %s' % (config_path, e)) from None
+    raise UserError('cannot read config file %s: %s' % (config_path, e)) from None
   config = parse_pipeline_config(text, config_path)
   if overrides:
     try:
       text_format.Merge(overrides, config)
     except text_format.ParseError as e:
-      raise ValueError('invalid config override %r: %s' % (overrides, e)) from None
+      raise UserError('%s = %r: invalid config override: %s' % (overrides_flag, overrides, e)) from None
   return config
+
+
+def config_source(config_path, overrides=None, overrides_flag='--config_override'):
+  """How errors name a config loaded by load_pipeline_config: the file, and the override flag when one was
+  merged (a bad value may come from either)."""
+  if not overrides:
+    return config_path
+  return '%s (with %s %r)' % (config_path, overrides_flag, overrides)
 
 
 @contextlib.contextmanager

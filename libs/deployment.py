@@ -15,6 +15,7 @@ import contextlib
 
 from libs import batch_norm as batch_norm_lib
 from libs.compat import tf
+from libs.config_errors import UserError
 
 Clone = collections.namedtuple('Clone', ['outputs', 'scope', 'device'])
 
@@ -51,8 +52,8 @@ def clone_device(index, num_clones, clone_on_cpu, worker_device=''):
   if num_gpus == 0 and num_clones == 1:
     return worker_device or None
   if num_gpus < num_clones:
-    raise ValueError('--num_clones %d needs %d GPUs but %d are visible (CUDA_VISIBLE_DEVICES); use '
-                     '--clone_on_cpu to run clones on the CPU' % (num_clones, num_clones, num_gpus))
+    raise UserError('--num_clones %d needs %d GPUs but %d are visible (CUDA_VISIBLE_DEVICES); use '
+                    '--clone_on_cpu to run clones on the CPU' % (num_clones, num_clones, num_gpus))
   return worker_device + '/device:GPU:%d' % index
 
 

@@ -10,6 +10,7 @@ import heapq
 import re
 
 from libs.compat import tf
+from libs.config_errors import UserError
 
 # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import indexed_slices
@@ -170,7 +171,7 @@ def _lookup(graph, name, scope, fwd):
   if not index:
     return [t for op in ops for t in op.outputs]
   if not index.isdigit() or int(index) >= len(ops[0].outputs):
-    raise ValueError('Checkpoint %r: %s has %d outputs, no output %r' % (name, ops[0].name, len(ops[0].outputs),
+    raise UserError('Checkpoint %r: %s has %d outputs, no output %r' % (name, ops[0].name, len(ops[0].outputs),
                                                                           index))
   return [op.outputs[int(index)] for op in ops]
 
@@ -209,9 +210,9 @@ def _named_checkpoints(items, graph, scope, fwd):
   for item in items:
     label, candidates = _as_tensors(item, graph, scope, fwd)
     if not any(t.op in fwd.cone for t in candidates):
-      raise ValueError('Checkpoint node %r (%s) is not on the path to the loss %s: nothing computed from it '
-                       'feeds it, so it cannot save memory; choose a node of the network that computes the loss.'
-                       % (label, candidates[0].op.name if candidates else '?', ', '.join(y.name for y in fwd.ys)))
+      raise UserError('Checkpoint node %r (%s) is not on the path to the loss %s: nothing computed from it '
+                      'feeds it, so it cannot save memory; choose a node of the network that computes the loss.'
+                      % (label, candidates[0].op.name if candidates else '?', ', '.join(y.name for y in fwd.ys)))
     if candidates[0].op in fwd.x_ops or any(tensor_key(t) in fwd.x_keys for t in candidates):
       logger.warning('Checkpoint %r is one of the xs; ignored.', label)
       continue
@@ -230,17 +231,17 @@ def _collection_checkpoints(graph, fwd):
     tensors += [t for t in (item.outputs if isinstance(item, tf.Operation) else [item])
                 if t.graph is graph and fwd.is_forward_tensor(t)]
   if not tensors:
-    raise ValueError("checkpoints='collection', but the graph collection %r holds no tensor on the path from xs "
-                     "to ys; add some with tf.add_to_collection(%r, tensor) or use one of %s."
-                     % (CHECKPOINTS_COLLECTION, CHECKPOINTS_COLLECTION, ', '.join(repr(m) for m in MODES)))
+    raise UserError("checkpoints='collection', but the graph collection %r holds no tensor on the path from xs "
+                    "to ys; add some with tf.add_to_collection(%r, tensor) or use one of %s."
+                    % (CHECKPOINTS_COLLECTION, CHECKPOINTS_COLLECTION, ', '.join(repr(m) for m in MODES)))
   return tensors
 
 
 def _unit_checkpoints(fwd):
   tensors = [op.outputs[0] for op in fwd.data_ops() if UNIT_OUTPUT_PATTERN.search(op.name)]
   if not tensors:
-    raise ValueError("checkpoints='units': no residual unit output (an op matching %r) on the path from xs to "
-                     "ys; name the nodes or use checkpoints='memory'." % UNIT_OUTPUT_PATTERN.pattern)
+    raise UserError("checkpoints='units': no residual unit output (an op matching %r) on the path from xs to "
+                    "ys; name the nodes or use checkpoints='memory'." % UNIT_OUTPUT_PATTERN.pattern)
   return tensors
 
 

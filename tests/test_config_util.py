@@ -9,6 +9,7 @@ from builders import model_builder
 from builders import preprocessor_builder
 from libs import config_util
 from libs.config_errors import ConfigError
+from libs.config_errors import UserError
 from protos import pipeline_pb2
 from tests.conftest import REPO_ROOT
 
@@ -276,8 +277,10 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_directory_is_not_a_config_file(tmp_path):
-  with pytest.raises(ValueError, match='does not exist'):
+  with pytest.raises(UserError) as info:
     config_util.load_pipeline_config(str(tmp_path))
+  assert str(info.value).startswith('--config_path = %r: is a directory' % str(tmp_path))
+  assert 'does not exist' not in str(info.value)
 
 
 def test_unreadable_bytes_name_the_file(tmp_path):
@@ -327,7 +330,19 @@ def test_bad_override_is_an_error(tmp_path, override):
   with pytest.raises(ValueError) as info:
     config_util.load_pipeline_config(path, overrides=override)
   assert 'invalid config override' in str(info.value)
-  assert repr(override) in str(info.value)
+  assert str(info.value).startswith('--config_override = %r' % override)
+
+
+def test_config_source_names_the_override_flag():
+  assert config_util.config_source('my.config') == 'my.config'
+  assert config_util.config_source('my.config', 'train_config { batch_size: 0 }') == (
+      "my.config (with --config_override 'train_config { batch_size: 0 }')")
+
+
+def test_original_float_pooling_factors_parse(tmp_path):
+  path = _write(tmp_path, ORIGINAL_TOOLKIT_CONFIG.replace('pooling_factors: [1, 2, 3, 6]',
+                                                          'pooling_factors: [1.0, 2.0, 3.0, 6.0]'))
+  assert list(config_util.load_pipeline_config(path).model.pspnet.pooling_factors) == [1, 2, 3, 6]
 
 
 # --- Saving ---

@@ -7,6 +7,7 @@ from builders import dataset_builder
 from builders import preprocessor_builder
 from libs.compat import tf
 from libs.config_errors import ConfigError
+from libs.config_errors import UserError
 from libs.standard_fields import InputDataFields as fields
 from protos import input_reader_pb2
 from protos import train_pb2
@@ -174,6 +175,80 @@ def test_image_and_label_size_mismatch_names_the_record(tmp_path):
 
   with pytest.raises(tf.errors.InvalidArgumentError, match='mismatched_frame'):
     _read(lambda: dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES))
+
+
+def _example_without(key, name, rng):
+  example = testing_utils.make_segmentation_example(*testing_utils.random_segmentation_example(name, 4, 4, 3, rng))
+  del example.features.feature[key]
+  return example
+
+
+def _consume(reader, field_path='train_input_reader'):
+  """Reads the dataset of reader to its end inside naming_record_errors; returns the UserError raised."""
+  with pytest.raises(UserError) as error:
+    with dataset_builder.naming_record_errors(reader, field_path):
+      _read(lambda: dataset_builder.build(reader, batch_size=1, num_classes=NUM_CLASSES))
+  return str(error.value)
+
+
+@pytest.mark.parametrize('key,problem', [
+    ('image/encoded', 'has no feature "image/encoded"'),
+    ('image/segmentation/class/encoded', 'has no feature "image/segmentation/class/encoded"'),
+])
+def test_record_without_required_feature_names_the_file(tmp_path, key, problem):
+  _write(tmp_path / 'good.record', ['good_frame'])
+  path = str(tmp_path / 'keyless.record')
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(_example_without(key, 'keyless_frame', np.random.default_rng(0)).SerializeToString())
+  reader = _reader([str(tmp_path / 'good.record'), path], 'shuffle: false num_epochs: 1')
+
+  message = _consume(reader)
+
+  assert message.startswith('train_input_reader: Record keyless_frame (record file %s) %s' % (path, problem))
+  assert 'good.record' not in message
+
+
+def test_undecodable_image_names_the_file(tmp_path):
+  example = testing_utils.make_segmentation_example(
+      *testing_utils.random_segmentation_example('junk_frame', 4, 4, 3, np.random.default_rng(0)))
+  example.features.feature['image/encoded'].bytes_list.value[0] = b'not an image'
+  path = str(tmp_path / 'junk.record')
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(example.SerializeToString())
+  reader = _reader([path], 'shuffle: false num_epochs: 1')
+
+  message = _consume(reader, 'eval_input_reader')
+
+  assert message == ('eval_input_reader: Record junk_frame (record file %s): feature "image/encoded" is not a '
+                     'PNG, JPEG, GIF, BMP or WebP image' % path)
+
+
+def test_truncated_record_file_is_named(tmp_path):
+  _write(tmp_path / 'a-0.record', ['a0', 'a1'])
+  path = str(tmp_path / 'a-1.record')
+  _write(path, ['b0', 'b1'])
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:-20])
+  reader = _reader([str(tmp_path / 'a-*.record')], 'shuffle: false num_epochs: 1')
+
+  message = _consume(reader)
+
+  assert message.startswith('train_input_reader: record file %s is corrupt or truncated after 1 good record(s): '
+                            % path)
+  assert 'truncated record' in message
+
+
+def test_label_check_names_the_record_file_and_other_errors_pass(tmp_path):
+  label = np.full((4, 4), 9, np.uint8)
+  path = testing_utils.write_segmentation_tfrecord(
+      tmp_path / 'a.record', [('bad_frame', np.zeros((4, 4, 3), np.uint8), label)])
+  reader = _reader([path], 'shuffle: false num_epochs: 1')
+  assert '(record file %s)' % path in _consume(reader)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='unrelated'):
+    with dataset_builder.naming_record_errors(reader):
+      raise tf.errors.InvalidArgumentError(None, None, 'unrelated')
 
 
 def test_glob_matching_nothing_names_the_entry(tmp_path):

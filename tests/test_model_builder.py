@@ -213,6 +213,27 @@ def test_pyramid_branches_follow_pooling_factors():
     assert concat.outputs[0].shape[-1] == 2048 // 16 + 2 * 512 // 16
 
 
+def test_pooling_factors_as_floats_of_the_original_proto():
+  # The original project's configs write them as floats (its proto: repeated float).
+  with tf.Graph().as_default():
+    model = model_builder.build(tiny_model_config(5, extra='pspnet { pooling_factors: [1.0, 3.0] }'),
+                                is_training=False)
+    model.predict(model.preprocess(tf.zeros([1, 65, 65, 3])))
+    convs = sorted({v.op.name.split('/')[1] for v in tf.global_variables() if v.op.name.startswith('PSPModule/')})
+  assert convs == ['Conv', 'Conv_1', 'Conv_2']
+
+
+def test_fractional_pooling_factor_names_field_and_value():
+  with pytest.raises(ConfigError) as error:
+    model_builder.build(tiny_model_config(5, extra='pspnet { pooling_factors: [1, 1.5] }'), is_training=False)
+  assert str(error.value) == 'model.pspnet.pooling_factors[1] = 1.5: must be a whole number of bins > 0'
+
+
+def test_num_classes_question_names_the_field():
+  with pytest.raises(ConfigError, match=r'^model.pspnet.num_classes = 0: must be > 0'):
+    model_builder.num_classes(tiny_model_config(5, extra='pspnet { num_classes: 0 }'))
+
+
 def test_restore_maps():
   with tf.Graph().as_default():
     model = model_builder.build(tiny_model_config(5), is_training=True)
