@@ -24,9 +24,12 @@ make every resize below an exact zoom, see output_stride):
       Relu                                        ReLU of their sum (1/16)
     CascadeFeatureFusion_1/...                  the same for CascadeFeatureFusion (1/16) and FullResolutionBranch
                                                 (1/8): CascadeFeatureFusion_1/Relu at 1/8
-    Predictions/Conv, Predictions/Upsample      1x1 classifier (bias, no BN), logits upsampled x2 to 1/4 (a 1x1
+    Classifier/Conv, Classifier/Upsample        1x1 classifier (bias, no BN), logits upsampled x2 to 1/4 (a 1x1
                                                 conv and a bilinear resize commute exactly, so classifying first
-                                                gives the original's logits with 1/4 of the classifier's work)
+                                                gives the original's logits with 1/4 of the classifier's work).
+                                                The original's scope name `Predictions` is not used: TensorFlow
+                                                makes op names unique ignoring case, so it would rename the
+                                                exported graphs' output node `predictions` (drivers/inference_graph)
     AuxOutput/Conv                              training graphs with the auxiliary loss only: cascade label
                                                 guidance, 1x1 classifier on CascadeFeatureFusion's upsampled input
                                                 (1/16, the first branch)
@@ -34,7 +37,7 @@ make every resize below an exact zoom, see output_stride):
                                                 second branch)
 
 pretrain_single_branch_mode (the original's warm-up stage): the full image runs through the backbone without the
-downsample (PSPNet's backbone graph, 1/8), FastPSPModule and Predictions/Conv (logits at 1/8); the training-only
+downsample (PSPNet's backbone graph, 1/8), FastPSPModule and Classifier/Conv (logits at 1/8); the training-only
 AuxOutput/Conv classifies block3. No FullResolutionBranch, no fusion units.
 
 Memory-saving checkpoint nodes (train_mem_saving.py --checkpoint_nodes, CHECKPOINT_NODES): the four block outputs
@@ -65,7 +68,7 @@ FULL_RESOLUTION_SCOPE = 'FullResolutionBranch'
 FAST_PSP_SCOPE = 'FastPSPModule'
 FIRST_FUSION_SCOPE = 'CascadeFeatureFusion'
 SECOND_FUSION_SCOPE = 'CascadeFeatureFusion_1'
-PREDICTIONS_SCOPE = 'Predictions'
+CLASSIFIER_SCOPE = 'Classifier'
 FIRST_AUX_SCOPE = 'AuxOutput'
 SECOND_AUX_SCOPE = 'AuxOutput_1'
 
@@ -83,7 +86,7 @@ PARTS = (
     (FAST_PSP_SCOPE + '/', FAST_PSP_SCOPE),
     (FIRST_FUSION_SCOPE + '/', FIRST_FUSION_SCOPE),
     (SECOND_FUSION_SCOPE + '/', SECOND_FUSION_SCOPE),
-    (PREDICTIONS_SCOPE + '/', PREDICTIONS_SCOPE),
+    (CLASSIFIER_SCOPE + '/', CLASSIFIER_SCOPE),
     (FIRST_AUX_SCOPE + '/', FIRST_AUX_SCOPE),
     (SECOND_AUX_SCOPE + '/', SECOND_AUX_SCOPE),
 )
@@ -137,7 +140,7 @@ class ICNetArchitecture(object):
       pooling_factors: FastPSPModule bin counts (ints >= 1).
       num_units_per_block: residual units of block1..block4.
       use_aux_loss: build AuxOutput / AuxOutput_1 (training only) and add their losses.
-      main_loss_weight: weight of the Predictions loss.
+      main_loss_weight: weight of the Classifier loss.
       second_branch_loss_weight: weight of AuxOutput_1's loss (1/8), and of AuxOutput's in pretrain mode.
       first_branch_loss_weight: weight of AuxOutput's loss (1/16).
       pretrain_single_branch_mode: backbone + FastPSPModule on the full image only (see the module docstring).
@@ -271,9 +274,9 @@ class ICNetArchitecture(object):
         low = self._fast_psp_module(blocks[3])
         first, first_upsampled = self._cascade_feature_fusion(low, blocks[0], FIRST_FUSION_SCOPE)
         second, second_upsampled = self._cascade_feature_fusion(first, full, SECOND_FUSION_SCOPE)
-        logits = self._classifier(second, PREDICTIONS_SCOPE, upsample=True)
+        logits = self._classifier(second, CLASSIFIER_SCOPE, upsample=True)
         end_points.update({FULL_RESOLUTION_SCOPE: full, FAST_PSP_SCOPE: low, FIRST_FUSION_SCOPE: first,
-                           SECOND_FUSION_SCOPE: second, PREDICTIONS_SCOPE: logits})
+                           SECOND_FUSION_SCOPE: second, CLASSIFIER_SCOPE: logits})
         outputs = {'logits': logits, 'end_points': end_points}
         if self.builds_aux_head:
           outputs['first_branch_logits'] = self._classifier(first_upsampled, FIRST_AUX_SCOPE)
@@ -287,8 +290,8 @@ class ICNetArchitecture(object):
     end_points = dict(end_points)
     with tf.variable_scope(tf.get_variable_scope(), reuse=reuse):
       low = self._fast_psp_module(blocks[3])
-      logits = self._classifier(low, PREDICTIONS_SCOPE)
-      end_points.update({FAST_PSP_SCOPE: low, PREDICTIONS_SCOPE: logits})
+      logits = self._classifier(low, CLASSIFIER_SCOPE)
+      end_points.update({FAST_PSP_SCOPE: low, CLASSIFIER_SCOPE: logits})
       outputs = {'logits': logits, 'end_points': end_points}
       if self.builds_aux_head:
         outputs['aux_logits'] = end_points[FIRST_AUX_SCOPE] = self._classifier(blocks[2], FIRST_AUX_SCOPE)
