@@ -424,3 +424,19 @@ def test_config_errors_name_the_field_path(extra, field, value):
     model_builder.build(_tiny_icnet(extra), is_training=True)
   assert error.value.field == field
   assert str(error.value).startswith('%s = %s' % (field, value))
+
+
+def test_bfloat16_inference_keeps_float32_variables_and_agrees_with_float32():
+  from drivers import inference_graph  # pylint: disable=import-outside-toplevel
+  image = np.random.RandomState(5).randint(0, 256, size=[1, 97, 129, 3]).astype(np.uint8)
+  with tf.Graph().as_default():
+    model = inference_graph.build_inference_model(_tiny_icnet())
+    full = inference_graph.build_inference_graph(model, [1, 97, 129, 3], (97, 129), input_name='full',
+                                                 output_name='full_predictions')
+    half = inference_graph.build_inference_graph(model, [1, 97, 129, 3], (97, 129), reuse=True, input_name='half',
+                                                 output_name='half_predictions', compute_dtype='bfloat16')
+    assert {v.dtype.base_dtype for v in tf.global_variables()} == {tf.float32}
+    with tf.Session(config=fast_session_config()) as sess:
+      sess.run(tf.global_variables_initializer())
+      a, b = sess.run([full.predictions, half.predictions], {full.inputs: image, half.inputs: image})
+  assert np.mean(a == b) > 0.9
