@@ -153,7 +153,7 @@ def resnet_v1_blocks(filter_scale=1.0, num_units_per_block=RESNET50_UNITS, nativ
 
 
 def dilated_resnet_v1_50(inputs, filter_scale=1.0, num_units_per_block=RESNET50_UNITS, output_stride=8,
-                         scope='resnet_v1_50', reuse=None, native_atrous_conv=False):
+                         scope='resnet_v1_50', reuse=None, native_atrous_conv=False, after_block1_fn=None):
   """Builds the dilated ResNet50 v1 backbone (no global pool, no logits).
 
   Call it inside the network's arg_scope (builders/hyperparams_builder.py), which supplies batch norm,
@@ -168,6 +168,10 @@ def dilated_resnet_v1_50(inputs, filter_scale=1.0, num_units_per_block=RESNET50_
     reuse: reuse variables (for clones sharing weights).
     native_atrous_conv: atrous 3x3 convs as one dilated Conv2D each instead of SpaceToBatchND -> Conv2D ->
       BatchToSpaceND (same variables and results; see the module docstring).
+    after_block1_fn: None, or fn(block1 output) -> tensor that blocks 2-4 run on instead (ICNet's variable-free
+      downsampling between block1 and block2; its ops are built in the backbone's scope, under the name scope
+      the function opens). Without it the graph is one stack of the four blocks; with it the blocks keep the
+      same variable and node names, and the atrous rates of blocks 2-4 are those of the plain network.
 
   Returns:
     net: float32 [N, ceil(H / output_stride), ceil(W / output_stride), 2048 * filter_scale], block4 output.
@@ -189,6 +193,13 @@ def dilated_resnet_v1_50(inputs, filter_scale=1.0, num_units_per_block=RESNET50_
                                      scope='conv1')
       net = slim.max_pool2d(net, [3, 3], stride=2, scope='pool1')
       # The root block already divides the resolution by 4.
-      net = resnet_utils.stack_blocks_dense(net, blocks, output_stride // 4)
+      if after_block1_fn is None:
+        net = resnet_utils.stack_blocks_dense(net, blocks, output_stride // 4)
+      else:
+        # block1 ends at stride 8 in both cases (output_stride 8 or 16 >= 8): 2 of the remaining stride budget
+        # output_stride // 4 is spent, so blocks 2-4 get output_stride // 8 (1: every later stride becomes a rate).
+        net = resnet_utils.stack_blocks_dense(net, blocks[:1], output_stride // 4)
+        net = after_block1_fn(net)
+        net = resnet_utils.stack_blocks_dense(net, blocks[1:], output_stride // 8)
       end_points = slim.utils.convert_collection_to_dict(end_points_collection)
   return net, end_points

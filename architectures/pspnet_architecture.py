@@ -120,15 +120,87 @@ def _averaging_matrix(size, bins, dtype):
   return tf.constant(matrix, dtype=dtype)
 
 
-_HALF_DTYPES = (tf.bfloat16, tf.float16)
+HALF_DTYPES = (tf.bfloat16, tf.float16)
+
+# Network parts by scope prefix, in graph order (drivers/exporter.py's parameter and MAC tables, seed
+# checkpoints): the `parts` property of the model.
+PARTS = (
+    (FEATURE_EXTRACTOR_SCOPE + '/', 'backbone'),
+    (PSP_MODULE_SCOPE + '/', 'PSPModule'),
+    (LOGITS_SCOPE + '/', 'Logits'),
+    (AUX_HEAD_SCOPE + '/', 'AuxHead'),
+)
+# restore_map types: 'segmentation-finetune' is the original toolkit's spelling of a segmentation checkpoint
+# (its ICNet configs use it), accepted as a synonym.
+FINE_TUNE_CHECKPOINT_TYPES = ('classification', 'segmentation', 'segmentation-finetune')
 
 
-def _float32_variable_getter(getter, name, shape=None, dtype=None, *args, **kwargs):
+def float32_variable_getter(getter, name, shape=None, dtype=None, *args, **kwargs):
   """Custom getter of mixed precision: a half-precision variable is created (or reused) as float32 under its
   own name, so checkpoints are the same as float32 training's, and read as a cast to the half type."""
-  if dtype in _HALF_DTYPES:
+  if dtype in HALF_DTYPES:
     return tf.cast(getter(name, shape, tf.float32, *args, **kwargs), dtype)
   return getter(name, shape, dtype, *args, **kwargs)
+
+
+
+def segmentation_loss(logits, labels, num_classes, ignore_label, classification_loss_fn, upsample_logits, name):
+  """Mean classification loss of one head over the valid pixels (the ignore label excluded).
+
+  Args:
+    logits: float [N, h, w, C] (any float dtype; the loss is computed in float32).
+    labels: uint8/int [N, H, W, 1] train ids.
+    num_classes: C.
+    ignore_label: label value excluded from the loss.
+    classification_loss_fn: fn(logits [P, C], labels int32 [P], weights float [P]) -> scalar mean loss over
+      positive weights (builders/losses_builder.py).
+    upsample_logits: True: bilinearly upsample the logits to the labels' size; False: nearest-neighbour resize
+      the labels to the logits' size (corners aligned, as the logits are).
+    name: name scope.
+
+  Returns:
+    scalar float32.
+  """
+  with tf.name_scope(name):
+    label_size = [int(labels.shape[1]), int(labels.shape[2])] if labels.shape[1:3].is_fully_defined() \
+        else tf.shape(labels)[1:3]
+    if upsample_logits:
+      logits = resize_bilinear(logits, label_size)
+    else:
+      labels = tf.raw_ops.ResizeNearestNeighbor(images=labels, size=tf.shape(logits)[1:3], align_corners=True)
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    # The loss in float32 also for mixed-precision logits (a no-op for float32 ones).
+    logits = tf.reshape(tf.cast(logits, tf.float32), [-1, num_classes])
+    valid = tf.cast(tf.not_equal(labels, ignore_label), tf.float32)
+    # Ignored pixels get a harmless in-range label; their weight is 0.
+    labels = tf.where(tf.equal(labels, ignore_label), tf.zeros_like(labels), labels)
+    return classification_loss_fn(logits, labels, valid)
+
+
+def model_restore_map(fine_tune_checkpoint_type, backbone_scope):
+  """restore_map() of a model whose variables are slim model variables under their checkpoint names.
+
+  Args:
+    fine_tune_checkpoint_type: 'classification' (a TF-Slim ResNet: resnet_v1_50/... -> <backbone_scope>/...,
+      nothing else), 'segmentation' or its synonym 'segmentation-finetune' (every model variable by its own
+      name: a PSPNet, ICNet or seed checkpoint).
+    backbone_scope: the scope the classification checkpoint's names are prefixed with in the model.
+
+  Returns:
+    dict {checkpoint name: variable}.
+
+  Raises:
+    ValueError: for another checkpoint type.
+  """
+  # slim model variables: weights and batch-norm statistics, never optimizer slots or the global step.
+  model_vars = slim.get_model_variables()
+  if fine_tune_checkpoint_type == 'classification':
+    prefix = backbone_scope + '/'
+    return {v.op.name[len(prefix):]: v for v in model_vars if v.op.name.startswith(prefix)}
+  if fine_tune_checkpoint_type in ('segmentation', 'segmentation-finetune'):
+    return {v.op.name: v for v in model_vars}
+  raise UserError('fine_tune_checkpoint_type must be one of %s, got %r'
+                   % (', '.join('"%s"' % t for t in FINE_TUNE_CHECKPOINT_TYPES), fine_tune_checkpoint_type))
 
 
 class PSPNetArchitecture(object):
@@ -225,6 +297,11 @@ class PSPNetArchitecture(object):
     """Node names of block1 .. block4's outputs in this model's backbone (see block_output_nodes())."""
     return block_output_nodes(self._num_units_per_block)
 
+  @property
+  def parts(self):
+    """((scope prefix, part name), ...) of the network's parts in graph order (PARTS)."""
+    return PARTS
+
   def preprocess(self, images):
     """Subtracts the ImageNet RGB mean the TF-Slim ResNet checkpoints expect.
 
@@ -280,8 +357,8 @@ class PSPNetArchitecture(object):
       dict with 'logits': [N, ceil(H/os), ceil(W/os), num_classes] of the input's dtype, 'aux_logits' likewise
       (only when builds_aux_head), and 'end_points': the backbone's end points.
     """
-    if preprocessed_inputs.dtype.base_dtype in _HALF_DTYPES:
-      with tf.variable_scope(tf.get_variable_scope(), custom_getter=_float32_variable_getter):
+    if preprocessed_inputs.dtype.base_dtype in HALF_DTYPES:
+      with tf.variable_scope(tf.get_variable_scope(), custom_getter=float32_variable_getter):
         return self._predict(preprocessed_inputs, reuse)
     return self._predict(preprocessed_inputs, reuse)
 
@@ -315,20 +392,8 @@ class PSPNetArchitecture(object):
 
   def _head_loss(self, logits, labels, name):
     """Mean classification loss over the valid pixels of one head."""
-    with tf.name_scope(name):
-      label_size = [int(labels.shape[1]), int(labels.shape[2])] if labels.shape[1:3].is_fully_defined() \
-          else tf.shape(labels)[1:3]
-      if self._upsample_logits:
-        logits = resize_bilinear(logits, label_size)
-      else:
-        labels = tf.raw_ops.ResizeNearestNeighbor(images=labels, size=tf.shape(logits)[1:3], align_corners=True)
-      labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-      # The loss in float32 also for mixed-precision logits (a no-op for float32 ones).
-      logits = tf.reshape(tf.cast(logits, tf.float32), [-1, self._num_classes])
-      valid = tf.cast(tf.not_equal(labels, self._ignore_label), tf.float32)
-      # Ignored pixels get a harmless in-range label; their weight is 0.
-      labels = tf.where(tf.equal(labels, self._ignore_label), tf.zeros_like(labels), labels)
-      return self._classification_loss_fn(logits, labels, valid)
+    return segmentation_loss(logits, labels, self._num_classes, self._ignore_label, self._classification_loss_fn,
+                             self._upsample_logits, name)
 
   def loss(self, prediction_dict, labels):
     """Weighted main (and auxiliary) losses.
@@ -354,7 +419,8 @@ class PSPNetArchitecture(object):
 
     Args:
       fine_tune_checkpoint_type: 'classification' (TF-Slim ResNet: resnet_v1_50/... -> our backbone, nothing
-        else) or 'segmentation' (a PSPNet checkpoint: every model variable by its own name).
+        else) or 'segmentation' / 'segmentation-finetune' (a PSPNet checkpoint: every model variable by its own
+        name).
 
     Returns:
       dict {checkpoint name: variable}. Callers drop names absent from the actual checkpoint (and log them).
@@ -362,13 +428,5 @@ class PSPNetArchitecture(object):
     Raises:
       ValueError: for another checkpoint type.
     """
-    # slim model variables: weights and batch-norm statistics, never optimizer slots or the global step.
-    model_vars = slim.get_model_variables()
-    if fine_tune_checkpoint_type == 'classification':
-      prefix = FEATURE_EXTRACTOR_SCOPE + '/'
-      return {v.op.name[len(prefix):]: v for v in model_vars if v.op.name.startswith(prefix)}
-    if fine_tune_checkpoint_type == 'segmentation':
-      return {v.op.name: v for v in model_vars}
-    raise UserError('fine_tune_checkpoint_type must be "classification" or "segmentation", got %r'
-                     % (fine_tune_checkpoint_type,))
+    return model_restore_map(fine_tune_checkpoint_type, FEATURE_EXTRACTOR_SCOPE)
 

@@ -1,5 +1,7 @@
-"""Builds a segmentation model object from a `Model` config (protos/model.proto, protos/pspnet.proto)."""
+"""Builds a segmentation model object from a `Model` config (protos/model.proto, protos/pspnet.proto,
+protos/icnet.proto)."""
 from architectures import dilated_resnet_v1
+from architectures import icnet_architecture
 from architectures import pspnet_architecture
 from builders import hyperparams_builder
 from builders import losses_builder
@@ -56,7 +58,64 @@ def _build_pspnet(config, is_training, field_path):
       **loss_kwargs)
 
 
-_MODEL_BUILDERS = {'pspnet': _build_pspnet}
+def _build_icnet(config, is_training, field_path):
+  """ICNet config -> ICNetArchitecture."""
+  if config.num_classes <= 0:
+    raise ConfigError(field_path + '.num_classes', config.num_classes, 'must be > 0')
+  if not 0.0 < config.filter_scale <= 1.0:
+    raise ConfigError(field_path + '.filter_scale', config.filter_scale, 'must be in (0, 1]')
+  pooling_factors = tuple(config.pooling_factors) or DEFAULT_POOLING_FACTORS
+  for i, bins in enumerate(pooling_factors):
+    if bins < 1 or bins != int(bins):
+      raise ConfigError('%s.pooling_factors[%d]' % (field_path, i), bins, 'must be a whole number >= 1 (a bin count)')
+  if len(set(pooling_factors)) != len(pooling_factors):
+    raise ConfigError(field_path + '.pooling_factors', list(pooling_factors), 'must not repeat a value')
+  if config.main_branch_loss_weight <= 0:
+    raise ConfigError(field_path + '.main_branch_loss_weight', config.main_branch_loss_weight, 'must be > 0')
+  for name in ('second_branch_loss_weight', 'first_branch_loss_weight'):
+    if getattr(config, name) < 0:
+      raise ConfigError('%s.%s' % (field_path, name), getattr(config, name), 'must be >= 0')
+
+  fe = config.feature_extractor
+  fe_path = field_path + '.feature_extractor'
+  if fe.type not in FEATURE_EXTRACTORS:
+    raise ConfigError(fe_path + '.type', fe.type, 'allowed: %s' % ', '.join(sorted(FEATURE_EXTRACTORS)))
+  if fe.output_stride != 8:
+    raise ConfigError(fe_path + '.output_stride', fe.output_stride,
+                      'ICNet fixes its grids (block1 at 1/16, blocks 2-4 at 1/32 of the image): leave it unset or 8')
+  units = tuple(fe.num_units_per_block) or FEATURE_EXTRACTORS[fe.type]
+  if len(units) != 4 or any(u <= 0 for u in units):
+    raise ConfigError(fe_path + '.num_units_per_block', list(units), 'must be four values > 0')
+
+  loss_path = field_path + '.loss'
+  for name in ('main_loss_weight', 'aux_loss_weight'):
+    if config.loss.HasField(name):
+      raise ConfigError('%s.%s' % (loss_path, name), getattr(config.loss, name),
+                        'not used by ICNet: set %s.main_branch_loss_weight / second_branch_loss_weight / '
+                        'first_branch_loss_weight instead' % field_path)
+  if config.loss.upsample_logits and config.loss.HasField('upsample_logits'):
+    raise ConfigError(loss_path + '.upsample_logits', True,
+                      'ICNet resizes the labels to each output (cascade label guidance): leave it unset or false')
+  scope_fn = hyperparams_builder.build(config.hyperparams, is_training, field_path + '.hyperparams')
+  loss_kwargs = losses_builder.build(config.loss, config.num_classes, loss_path)
+  return icnet_architecture.ICNetArchitecture(
+      is_training=is_training,
+      num_classes=config.num_classes,
+      scope_fn=scope_fn,
+      filter_scale=config.filter_scale,
+      pooling_factors=[int(bins) for bins in pooling_factors],
+      num_units_per_block=units,
+      use_aux_loss=loss_kwargs['use_aux_loss'],
+      main_loss_weight=config.main_branch_loss_weight,
+      second_branch_loss_weight=config.second_branch_loss_weight,
+      first_branch_loss_weight=config.first_branch_loss_weight,
+      pretrain_single_branch_mode=config.pretrain_single_branch_mode,
+      classification_loss_fn=loss_kwargs['classification_loss_fn'],
+      ignore_label=loss_kwargs['ignore_label'],
+      native_atrous_conv=fe.native_atrous_conv)
+
+
+_MODEL_BUILDERS = {'pspnet': _build_pspnet, 'icnet': _build_icnet}
 
 
 def build(config, is_training, field_path='model'):
@@ -104,8 +163,9 @@ def ignore_label(config):
 
 
 def output_stride(config):
-  """The backbone output stride of a Model config (8 unless set)."""
-  return _model_fields(config).feature_extractor.output_stride
+  """The model's output stride (PSPNet: the backbone's, 8 unless set; ICNet: 32, its coarsest grid): network
+  sizes (s - 1) % stride == 0 make every resize of the model an exact zoom."""
+  return build(config, is_training=False).output_stride
 
 
 def sync_batch_norm(config):

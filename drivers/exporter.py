@@ -55,13 +55,9 @@ FIGURES_NAME = 'model_figures.json'
 NAME_MAP_NAME = 'name_map.json'
 SEED_CHECKPOINT_NAME = 'model.ckpt'
 
-# Network parts by scope prefix (architectures/pspnet_architecture.py), in graph order.
-PARTS = (
-    (pspnet_architecture.FEATURE_EXTRACTOR_SCOPE + '/', 'backbone'),
-    (pspnet_architecture.PSP_MODULE_SCOPE + '/', 'PSPModule'),
-    (pspnet_architecture.LOGITS_SCOPE + '/', 'Logits'),
-    (pspnet_architecture.AUX_HEAD_SCOPE + '/', 'AuxHead'),
-)
+# PSPNet's network parts by scope prefix, in graph order: the default of the functions below; a model's own
+# come from its `parts` property (ICNet: backbone, FullResolutionBranch, FastPSPModule, the fusion units, ...).
+PARTS = pspnet_architecture.PARTS
 # What a downstream ICNet does with each part of a seed checkpoint (also written into name_map.json).
 PART_USE = {
     'backbone': 'SharedFeatureExtractor/resnet_v1_50/...: ICNet branches built under the same names restore it '
@@ -75,9 +71,10 @@ _MOVING_STATISTICS = ('/moving_mean', '/moving_variance')
 _CONV_TYPES = ('Conv2D', 'DepthwiseConv2dNative')
 
 
-def part_of(name):
-  """The network part ('backbone', 'PSPModule', 'Logits', 'AuxHead' or 'other') of a variable or op name."""
-  for prefix, part in PARTS:
+def part_of(name, parts=PARTS):
+  """The network part (of `parts`, ((scope prefix, part name), ...), e.g. 'backbone', 'PSPModule', 'Logits',
+  'AuxHead'; or 'other') of a variable or op name."""
+  for prefix, part in parts:
     if name.startswith(prefix):
       return part
   return 'other'
@@ -113,8 +110,9 @@ def write_saved_model(sess, graph, export_dir):
   return export_dir
 
 
-def count_parameters(variables):
-  """Learned parameters (moving statistics excluded) of model variables, in total and per network part.
+def count_parameters(variables, parts=PARTS):
+  """Learned parameters (moving statistics excluded) of model variables, in total and per network part (of
+  `parts`, as for part_of).
 
   Returns:
     dict {'total': int, '<part>': int, ...}.
@@ -125,13 +123,14 @@ def count_parameters(variables):
       continue
     n = int(v.shape.num_elements())
     counts['total'] += n
-    part = part_of(v.op.name)
+    part = part_of(v.op.name, parts)
     counts[part] = counts.get(part, 0) + n
   return counts
 
 
-def count_conv_macs(graph):
-  """Multiply-accumulates of the convolutions of a graph, as executed, in total and per network part.
+def count_conv_macs(graph, parts=PARTS):
+  """Multiply-accumulates of the convolutions of a graph, as executed, in total and per network part (of
+  `parts`, as for part_of).
 
   Conv2D: output elements x kh x kw x (input channels per group, i.e. the kernel's third dimension);
   DepthwiseConv2dNative: output elements x kh x kw.
@@ -154,7 +153,7 @@ def count_conv_macs(graph):
     macs = output_shape.num_elements() * kh * kw * (cin if op.type == 'Conv2D' else 1)
     counts['total'] += macs
     counts['conv_ops'] += 1
-    part = part_of(op.name)
+    part = part_of(op.name, parts)
     counts[part] = counts.get(part, 0) + macs
   return counts
 
@@ -230,8 +229,8 @@ def compute_figures(model_config, image_size, network_shape, checkpoint_path=Non
         model, [1, image_size[0], image_size[1], 3], network_shape, compute_dtype=compute_dtype)
     if checkpoint_path:
       checkpoint_utils.checked_restore_map(checkpoint_path)  # fail before anything is computed or written
-    parameters = count_parameters(slim.get_model_variables())
-    macs = count_conv_macs(graph)
+    parameters = count_parameters(slim.get_model_variables(), model.parts)
+    macs = count_conv_macs(graph, model.parts)
     profiled = profile_flops(graph)
     timing = None
     if num_timing_runs > 0:
@@ -264,7 +263,7 @@ def format_figures(figures):
   """Human-readable lines of compute_figures() output."""
   params = figures['parameters']
   macs = figures['macs']
-  parts = [p for _, p in PARTS if p in params]
+  parts = [p for p in params if p not in ('total', 'other')]  # the model's parts, in graph order
   lines = [
       'Parameters (inference graph): %s (%s)' % (
           '{:,}'.format(params['total']), ', '.join('%s %s' % (p, '{:,}'.format(params[p])) for p in parts)),
@@ -311,10 +310,10 @@ def export_seed_checkpoint(model_config, checkpoint_path, output_dir, flag='--tr
       saver = tf.train.Saver({v.op.name: v for v in variables}, save_relative_paths=True, name='seed_saver')
       prefix = saver.save(sess, os.path.join(output_dir, SEED_CHECKPOINT_NAME), write_meta_graph=False)
   entries = []
-  part_order = [part for _, part in PARTS] + ['other']
+  part_order = [part for _, part in model.parts] + ['other']
   parts = collections.OrderedDict()
-  for v in sorted(variables, key=lambda v: (part_order.index(part_of(v.op.name)), v.op.name)):
-    part = part_of(v.op.name)
+  for v in sorted(variables, key=lambda v: (part_order.index(part_of(v.op.name, model.parts)), v.op.name)):
+    part = part_of(v.op.name, model.parts)
     kind = 'moving_statistics' if v.op.name.endswith(_MOVING_STATISTICS) else 'parameter'
     entries.append(collections.OrderedDict(name=v.op.name, shape=v.shape.as_list(), part=part, kind=kind))
     summary = parts.setdefault(part, collections.OrderedDict(variables=0, parameters=0, use=PART_USE.get(part)))

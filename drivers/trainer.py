@@ -42,7 +42,8 @@ from libs.standard_fields import InputDataFields as fields
 logger = tf.get_logger()
 
 CHECKPOINT_BASENAME = 'model.ckpt'
-FINE_TUNE_TYPES = ('classification', 'segmentation')
+# 'segmentation-finetune': the original toolkit's name of a segmentation checkpoint (its ICNet configs), a synonym.
+FINE_TUNE_TYPES = ('classification', 'segmentation', 'segmentation-finetune')
 WORKER_POLL_SECS = 2
 # Seconds the session waits at the end for its threads. The only threads are SyncReplicasOptimizer's chief queue
 # runner, which blocks for good once the other workers have left (it waits for their gradients): TensorFlow's

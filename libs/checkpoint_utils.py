@@ -93,14 +93,38 @@ def build_fine_tune_init(model, checkpoint_path, checkpoint_type):
 
   Must be called after the model's variables exist (it builds a Saver).
 
+  Besides filter_restore_map's lines, logs by top-level scope what starts fresh (e.g. an ICNet from a PSPNet
+  checkpoint: FastPSPModule, the fusion units, the full-resolution branch, the classifiers).
+
   Raises:
-    ValueError: if no model variable at all can be restored (wrong checkpoint type or file).
+    ValueError: if no model variable at all can be restored (wrong checkpoint type or file), or if a backbone
+      variable (under model.backbone_scope) is in the checkpoint with another shape (e.g. another filter_scale):
+      a partially restored backbone would silently train from a mix.
   """
   var_map = model.restore_map(checkpoint_type)
   restorable, _, _ = filter_restore_map(var_map, checkpoint_path)
+  available = checkpoint_shapes(checkpoint_path)
+  backbone_prefix = model.backbone_scope + '/'
+  backbone_mismatches = ['%s (checkpoint %s, model %s)' % (name, list(available[name]), v.shape.as_list())
+                         for name, v in sorted(var_map.items())
+                         if v.op.name.startswith(backbone_prefix) and name in available and name not in restorable]
+  if backbone_mismatches:
+    raise UserError('fine_tune_checkpoint %s (type %r): %d backbone variables have another shape in the '
+                    'checkpoint than in the model (another filter_scale or backbone?): %s%s' % (
+                        checkpoint_path, checkpoint_type, len(backbone_mismatches),
+                         '; '.join(backbone_mismatches[:5]), '; ...' if len(backbone_mismatches) > 5 else ''))
   if not restorable:
     raise UserError('fine_tune_checkpoint %s (type %r) holds none of the model variables it should '
                     'initialise; is fine_tune_checkpoint_type right?' % (checkpoint_path, checkpoint_type))
+  restored = set(id(v) for v in restorable.values())
+  fresh = {}
+  for v in slim.get_model_variables():
+    if id(v) not in restored:
+      scope = v.op.name.split('/')[0]
+      fresh[scope] = fresh.get(scope, 0) + 1
+  if fresh:
+    logger.info('Starting fresh (not restored from %s), by scope: %s', checkpoint_path,
+                ', '.join('%s (%d variables)' % item for item in sorted(fresh.items())))
   saver = tf.train.Saver(restorable, name='fine_tune_saver')
 
   def init_fn(sess):

@@ -1,6 +1,7 @@
 """TensorBoard summaries of training, under fixed tags so runs and the evaluator line up:
 
     Losses/TotalLoss, Losses/MainLoss, Losses/AuxLoss, Losses/RegularizationLoss, LearningRate
+    Losses/FirstBranchLoss, Losses/SecondBranchLoss   (ICNet's cascade label guidance at 1/16 and 1/8)
     Images/Input, Images/GroundTruth, Images/Prediction          (--image_summaries)
     TestImages/Input, TestImages/GroundTruth, TestImages/Prediction (--test_image_summaries)
 """
@@ -13,6 +14,8 @@ from libs.standard_fields import InputDataFields as fields
 LOSS_TAGS = {
     'main_loss': 'Losses/MainLoss',
     'aux_loss': 'Losses/AuxLoss',
+    'first_branch_loss': 'Losses/FirstBranchLoss',
+    'second_branch_loss': 'Losses/SecondBranchLoss',
     'regularization_loss': 'Losses/RegularizationLoss',
 }
 MAX_IMAGES = 3

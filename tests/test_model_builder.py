@@ -274,7 +274,7 @@ def test_invalid_model_configs_name_field_and_value(extra, field, value):
 
 
 def test_empty_model_oneof():
-  with pytest.raises(ConfigError, match=r'model = None: exactly one of \{pspnet\}'):
+  with pytest.raises(ConfigError, match=r'model = None: exactly one of \{pspnet, icnet\}'):
     model_builder.build(model_pb2.Model(), is_training=True)
 
 
