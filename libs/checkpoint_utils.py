@@ -112,7 +112,7 @@ def build_fine_tune_init(model, checkpoint_path, checkpoint_type):
     raise UserError('fine_tune_checkpoint %s (type %r): %d backbone variables have another shape in the '
                     'checkpoint than in the model (another filter_scale or backbone?): %s%s' % (
                         checkpoint_path, checkpoint_type, len(backbone_mismatches),
-                         '; '.join(backbone_mismatches[:5]), '; ...' if len(backbone_mismatches) > 5 else ''))
+                        '; '.join(backbone_mismatches[:5]), '; ...' if len(backbone_mismatches) > 5 else ''))
   if not restorable:
     raise UserError('fine_tune_checkpoint %s (type %r) holds none of the model variables it should '
                     'initialise; is fine_tune_checkpoint_type right?' % (checkpoint_path, checkpoint_type))
