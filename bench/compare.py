@@ -263,6 +263,8 @@ def run(args):
                                           'eval_dir': eval_dir, 'input_shape': args.input_shape})
     results['models'][name] = collections.OrderedDict([('config_path', os.path.relpath(path, common.REPO_ROOT))]
                                                        + list(entry.items()))
+    if entry.get('eval'):
+      entry['eval']['eval_dir'] = args.eval_dir[names.index(name)]  # as given
   common.log('compare: latency of %s, %d warm-up + %d interleaved rounds (one process, a session each)'
              % (', '.join(names), args.warmup, args.runs))
   latency = common.run_worker('compare', {
