@@ -3,6 +3,8 @@ r"""Benchmarks of the toolkit: `python -m bench [SECTION ...] [--quick] [--out D
     python -m bench all                 # everything at full size (how long: README, "Performance")
     python -m bench all --quick         # a smoke run of everything on the tiny model
     python -m bench inference train     # some sections
+    python -m bench compare --config_path A --config_path B [--eval_dir EA --eval_dir EB] [--checkpoint CA
+        --checkpoint CB] [--input_shape 1024,2048] [--quick]   # models side by side (flags: bench/compare.py)
 
 Sections (each measured in fresh worker processes, see bench/common.py):
   peak       the machine's measured dense peak: large fp32/bf16 matmuls and 3x3 convs through TensorFlow
@@ -13,6 +15,8 @@ Sections (each measured in fresh worker processes, see bench/common.py):
              a crop sweep (bench/train_speed.py)
   input      the training input pipeline alone, and its share of the training step (bench/input_pipeline.py)
   eval       evaluation throughput and metric overhead (bench/eval_speed.py)
+  compare    (on its own, not part of all) parameters, MACs, interleaved latency, memory and mIoU of several
+             configs, beside the original toolkit's published figures (bench/compare.py)
 
 Every speed is also reported as a fraction of the fp32 matmul rate measured in the same run (the peak section
 always runs first). Writes DIR/bench[_SECTIONS][_quick].json (all figures), .md (the tables) and, with the
@@ -27,6 +31,7 @@ import sys
 import tempfile
 
 from bench import common
+from bench import compare
 from bench import eval_speed
 from bench import inference_speed
 from bench import input_pipeline
@@ -59,6 +64,9 @@ def parse_args(argv):
                       'AVX2 EPYC)')
   args = parser.parse_args(argv)
   unknown = [s for s in args.sections if s not in SECTIONS + ('all',)]
+  if 'compare' in unknown:
+    parser.error('compare runs on its own, with its own flags: python -m bench compare --config_path A '
+                 '--config_path B ... (see bench/compare.py)')
   if unknown:
     parser.error('unknown section(s) %s; choose all or any of: %s' % (', '.join(unknown), ', '.join(SECTIONS)))
   args.sections = list(SECTIONS) if 'all' in args.sections else [s for s in SECTIONS if s in args.sections]
@@ -166,7 +174,10 @@ def sweep_plot(train, path, footer):
 
 
 def main(argv=None):
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else argv
+  if argv[:1] == ['compare']:
+    return compare.main(argv[1:])
+  args = parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   suffix = ('' if args.sections == list(SECTIONS) else '_' + '_'.join(args.sections)) + (
       '_quick' if args.quick else '')

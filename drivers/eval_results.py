@@ -127,6 +127,25 @@ def update_best(eval_dir, step, results, save_weights=None):
   return True
 
 
+def best_results(eval_dir):
+  """The results of the best evaluated checkpoint of an eval_dir (for comparisons and reports).
+
+  best.json names it; without one (or when its results file is gone), the results/step_*.json with the highest
+  mIoU is taken.
+
+  Returns:
+    results_dict() of that checkpoint (mIoU, class_iou, global_step, ...), or None when nothing was evaluated.
+  """
+  best = metrics.read_json(os.path.join(eval_dir, BEST_JSON))
+  if best and best.get('results_file'):
+    results = metrics.read_json(os.path.join(eval_dir, best['results_file']))
+    if results is not None:
+      return results
+  candidates = [metrics.read_json(results_path(eval_dir, step)) for step in sorted(evaluated_steps(eval_dir))]
+  candidates = [r for r in candidates if r and r.get('mIoU') is not None and not math.isnan(r['mIoU'])]
+  return max(candidates, key=lambda r: r['mIoU']) if candidates else None
+
+
 def _keep_best_weights(eval_dir, save_weights):
   best_dir = os.path.join(eval_dir, BEST_DIR)
   tf.io.gfile.makedirs(best_dir)

@@ -96,3 +96,50 @@ def test_input_and_evaluation_benchmark_workers(cityscapes_records):
   assert result['images'] == 2 and _positive(result['images_per_s'])
   assert 0 < result['metric_overhead_share'] < 1 and _positive(result['metric_graph_s'])
   assert result['probabilities_shape'][2] == 19
+
+
+def test_bench_compare_quick_on_the_demo_configs(tmp_path):
+  """`python -m bench compare --quick` on the tiny PSPNet and ICNet: both models' parameters, MACs, latency and
+  memory, an eval dir's best results, and the published anchors (no speed is asserted)."""
+  from drivers import eval_results  # pylint: disable=import-outside-toplevel
+  eval_dir = str(tmp_path / 'eval_icnet')
+  eval_results.write_results(eval_dir, 5, {'global_step': 5, 'mIoU': 0.25, 'class_iou': {'road': 0.5,
+                                                                                          'sidewalk': 0.0}})
+  out = str(tmp_path / 'results')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'bench', 'compare', '--config_path', 'configs/pspnet_demo_tiny.config',
+       '--config_path', 'configs/icnet_demo_tiny.config', '--eval_dir', '', '--eval_dir', eval_dir,
+       '--input_shape', '33,65', '--quick', '--out', out],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '## Anchors' in proc.stdout and os.path.exists(os.path.join(out, 'compare_quick.md'))
+  with open(os.path.join(out, 'compare_quick.json')) as f:
+    results = json.load(f)
+  models = results['models']
+  assert list(models) == ['pspnet_demo_tiny', 'icnet_demo_tiny']
+  assert models['pspnet_demo_tiny']['parameters']['total'] == 124055  # the tiny model's
+  assert set(models['icnet_demo_tiny']['parameters']) > {'total', 'backbone', 'FastPSPModule'}
+  for name, entry in models.items():
+    assert entry['weights'] == 'random' and entry['input_shape'] == [33, 65], name
+    assert 0 < entry['parameters_without_batch_norm_gamma_beta'] < entry['parameters']['total'], name
+    assert _positive(entry['gmacs']) and entry['anchor_shape']['gmacs'] > entry['gmacs'], name
+    assert entry['anchor'] is None, name  # no published model is this small
+    timing = entry['latency']
+    assert _positive(timing['best_s']) and timing['median_s'] >= timing['best_s'] and timing['runs'] == 2, name
+    assert _positive(timing['best_vs_first']) and _positive(entry['memory']['vmhwm_run_bytes']), name
+  assert models['pspnet_demo_tiny']['latency']['best_vs_first'] == 1.0
+  assert models['pspnet_demo_tiny']['network_shape'] == [33, 65]  # (s - 1) % 8 == 0 already
+  assert models['icnet_demo_tiny']['network_shape'] == [33, 65]  # and % 32
+  assert 'eval' not in models['pspnet_demo_tiny']
+  assert models['icnet_demo_tiny']['eval']['mIoU'] == 0.25
+  assert models['icnet_demo_tiny']['eval']['class_iou'] == {'road': 0.5, 'sidewalk': 0.0}
+  assert [a['model'] for a in results['anchors']] == ['PSPNet50', 'ICNet 1.0', 'ICNet 0.5', 'ICNet']
+  assert results['anchors'][0]['parameters'] == 46.53e6 and results['anchors'][1]['flops'] == 246.95e9
+
+
+def test_bench_compare_matches_anchors_by_parameter_count():
+  from bench import compare  # pylint: disable=import-outside-toplevel
+  assert compare.matching_anchor(46533331)['model'] == 'PSPNet50'  # PSPNet50 without batch-norm gamma/beta
+  assert compare.matching_anchor(26816147)['model'] == 'ICNet 1.0'
+  assert compare.matching_anchor(124055) is None
+  assert compare.labels(['configs/a.config', 'b/a.config', 'c.config']) == ['a (1)', 'a (2)', 'c']

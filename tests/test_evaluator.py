@@ -437,3 +437,14 @@ def test_eval_script_with_the_seed_flags(cityscapes_records, trained, tmp_path):
   assert result.stderr.count('Global step 2: mIoU') == 1
   assert eval_results.evaluated_steps(str(eval_dir)) == {2}
   assert os.path.isfile(str(eval_dir / 'best.json')) and os.path.isfile(str(eval_dir / 'pipeline.config'))
+
+
+def test_best_results_reads_best_json_or_the_highest_miou(tmp_path):
+  eval_dir = str(tmp_path / 'eval')
+  assert eval_results.best_results(eval_dir) is None
+  for step, miou in ((1, 0.2), (2, 0.5), (3, float('nan'))):
+    eval_results.write_results(eval_dir, step, {'global_step': step, 'mIoU': miou, 'class_iou': {'road': miou}})
+  assert eval_results.best_results(eval_dir)['global_step'] == 2  # no best.json: the highest mIoU
+  metrics.write_json(os.path.join(eval_dir, 'best.json'), {'global_step': 1, 'mIoU': 0.2,
+                                                           'results_file': 'results/step_00000001.json'})
+  assert eval_results.best_results(eval_dir)['global_step'] == 1  # what best.json names
