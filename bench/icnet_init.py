@@ -1,8 +1,8 @@
 r"""The seed's claim in miniature (issue 11): ICNet initialised from a PSPNet checkpoint vs from a classification
 (ResNet-layout) checkpoint vs from scratch. Reported, not asserted.
 
-    python -m bench.icnet_init                         # demo data, 120 pretraining + 120 ICNet steps each
-    python -m bench.icnet_init --pretrain_steps 300 --steps 300 --seed 1
+    python -m bench.icnet_init                         # demo data, 400 pretraining + 400 ICNet steps each
+    python -m bench.icnet_init --pretrain_steps 1000 --steps 1000 --seed 1
 
 On the demo's data (dataset_tools/make_synthetic_cityscapes.py + the converter, as scripts/demo.sh makes it: 24
 synthetic train frames; val: 4 synthetic frames and the real sample frame when present):
@@ -237,8 +237,8 @@ def format_markdown(results):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--pretrain_steps', type=int, default=120, help='steps of the PSPNet and the classifier')
-  parser.add_argument('--steps', type=int, default=120, help='ICNet training steps per initialisation')
+  parser.add_argument('--pretrain_steps', type=int, default=400, help='steps of the PSPNet and the classifier')
+  parser.add_argument('--steps', type=int, default=400, help='ICNet training steps per initialisation')
   parser.add_argument('--seed', type=int, default=0, help='graph-level seed of every training run')
   parser.add_argument('--work_dir', default=None, help='data and training directories (default: a new temp dir)')
   parser.add_argument('--out', default=DEFAULT_OUT, help='directory for icnet_init.json and icnet_init.md')
