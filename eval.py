@@ -1,5 +1,5 @@
-r"""Evaluates PSPNet checkpoints beside training, or a range of them once (see README and
-../shared/seed/pspnet.md).
+r"""Evaluates the checkpoints of the config's model (PSPNet50 or ICNet) beside training, or a range of them once
+(see README and ../shared/seed/pspnet.md).
 
     python eval.py \
         --config_path configs/pspnet_1.0_713_resnet_v1.config \

@@ -1,4 +1,5 @@
-r"""Exports a trained PSPNet: frozen graph, SavedModel, model figures, ICNet seed checkpoint (README, "Export").
+r"""Exports the config's trained model (PSPNet50 or ICNet): frozen graph, SavedModel, model figures, seed checkpoint
+(README, "Export").
 
     python export.py \
         --config_path configs/pspnet_1.0_713_resnet_v1.config \
@@ -10,7 +11,8 @@ writes output_dir/frozen_inference_graph.pb (uint8 `inputs` -> int32 `prediction
 (signature `serving_default`) and output_dir/model_figures.json (parameters, MACs, inference time). Without
 --trained_checkpoint only the figures are computed (timed with random weights), to compare architectures before
 training. --export_checkpoint (or --checkpoint_only) adds a clean checkpoint of the model variables and
-name_map.json, to initialise ICNet. Flags follow the original TF1 toolkit's export.py.
+name_map.json: a PSPNet's initialises ICNet, an ICNet's another ICNet run. Flags follow the original TF1
+toolkit's export.py.
 """
 from absl import flags
 
@@ -71,7 +73,8 @@ def define_flags():
   flags.DEFINE_integer('num_warmup_runs', 2, 'Untimed runs before the timed ones.')
   flags.DEFINE_boolean('export_checkpoint', False, 'Also write model.ckpt (model variables only, batch-norm '
                        'statistics included, no optimizer slots or global step) and name_map.json: the seed '
-                       'checkpoint for ICNet (fine_tune_checkpoint_type: "segmentation").')
+                       'checkpoint (fine_tune_checkpoint_type: "segmentation"): a PSPNet\'s initialises ICNet\'s '
+                       'backbone.')
   flags.DEFINE_boolean('checkpoint_only', False, 'Write only the seed checkpoint, name_map.json and the figures '
                        '(no frozen graph, SavedModel or timing).')
   flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'], 'Arithmetic of the exported network: '

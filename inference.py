@@ -1,4 +1,4 @@
-r"""Segments images with a trained PSPNet checkpoint (see README, "Inference").
+r"""Segments images with a trained checkpoint of the config's model, PSPNet50 or ICNet (see README, "Inference").
 
     python inference.py \
         --input_path /data/cityscapes/leftImg8bit/val \

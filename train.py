@@ -1,11 +1,13 @@
-r"""Trains PSPNet from a pipeline config (see README and ../shared/seed/pspnet.md).
+r"""Trains the model of a pipeline config, PSPNet50 or ICNet (`model { pspnet {...} }` or `model { icnet {...} }`;
+see README and ../shared/seed/pspnet.md).
 
     python train.py \
         --config_path configs/pspnet_1.0_713_resnet_v1.config \
         --logdir /tmp/pspnet_1.0_713_resnet_v1_TRAIN
 
-Restarting with the same --logdir resumes from its latest checkpoint. Ctrl-C (or SIGTERM) stops after the
-current step and writes a checkpoint, then exits with status 130 (143 for SIGTERM).
+The script does not know which model it trains: the config and builders/model_builder.py decide (README,
+"ICNet"). Restarting with the same --logdir resumes from its latest checkpoint. Ctrl-C (or SIGTERM) stops after
+the current step and writes a checkpoint, then exits with status 130 (143 for SIGTERM).
 """
 import os
 import sys

@@ -1,5 +1,6 @@
-r"""Trains PSPNet with memory-saving gradients (gradient checkpointing, Chen et al. 2016; the role OpenAI's
-gradient-checkpointing package played in the original project): see libs/memory_saving_gradients.py.
+r"""Trains the config's model (PSPNet50 or ICNet) with memory-saving gradients (gradient checkpointing, Chen et
+al. 2016; the role OpenAI's gradient-checkpointing package played in the original project): see
+libs/memory_saving_gradients.py.
 
     export CHECKPOINT_NODES=SharedFeatureExtractor/resnet_v1_50/block1/unit_3/bottleneck_v1/Relu,SharedFeatureExtractor/resnet_v1_50/block2/unit_4/bottleneck_v1/Relu,SharedFeatureExtractor/resnet_v1_50/block3/unit_6/bottleneck_v1/Relu,SharedFeatureExtractor/resnet_v1_50/block4/unit_3/bottleneck_v1/Relu,PSPModule/Conv_4/Relu6
     python train_mem_saving.py \
@@ -8,6 +9,9 @@ gradient-checkpointing package played in the original project): see libs/memory_
         --checkpoint_nodes $CHECKPOINT_NODES \
         --test_image_summaries \
         --log_memory
+
+The nodes above are PSPNet50's (the seed's); ICNet's are its block outputs plus FastPSPModule/Conv/Relu,
+CascadeFeatureFusion/Relu and CascadeFeatureFusion_1/Relu (README, "ICNet").
 
 Takes every flag of train.py, plus:
 
@@ -41,7 +45,8 @@ def define_flags():
   train.define_flags()
   flags.adopt_module_key_flags(train)  # list train.py's flags in --help too
   flags.DEFINE_list('checkpoint_nodes', [], 'Comma-separated names of the nodes kept for the backward pass '
-                    '(without clone scope), e.g. the five of README "Memory-saving training"; or one of %s.'
+                    '(without clone scope), e.g. PSPNet50\'s five of README "Memory-saving training" or ICNet\'s seven '
+                    '(README "ICNet"); or one of %s.'
                     % ', '.join(AUTO_VALUES))
   flags.DEFINE_enum('checkpoint_mode', None, list(gradient_checkpoints.MODES), 'Choose the checkpoints '
                     'automatically (instead of --checkpoint_nodes): memory = ~sqrt(n) cuts minimising the '

@@ -67,6 +67,14 @@ PART_USE = {
     'Logits': 'Logits/...: PSPNet\'s 1x1 classifier; restored only by a head with the same name and class count',
     'AuxHead': 'AuxHead/...: PSPNet\'s training-only auxiliary head on block3',
 }
+
+
+def part_use(part):
+  """PART_USE's note on a part, or the general rule for the parts of other models (e.g. ICNet's branches)."""
+  return PART_USE.get(part, '%s/...: restored by a model with the same names and shapes (the same model, '
+                      'fine_tune_checkpoint_type: "segmentation"); otherwise starts fresh and is logged' % part)
+
+
 _MOVING_STATISTICS = ('/moving_mean', '/moving_variance')
 _CONV_TYPES = ('Conv2D', 'DepthwiseConv2dNative')
 
@@ -316,7 +324,7 @@ def export_seed_checkpoint(model_config, checkpoint_path, output_dir, flag='--tr
     part = part_of(v.op.name, model.parts)
     kind = 'moving_statistics' if v.op.name.endswith(_MOVING_STATISTICS) else 'parameter'
     entries.append(collections.OrderedDict(name=v.op.name, shape=v.shape.as_list(), part=part, kind=kind))
-    summary = parts.setdefault(part, collections.OrderedDict(variables=0, parameters=0, use=PART_USE.get(part)))
+    summary = parts.setdefault(part, collections.OrderedDict(variables=0, parameters=0, use=part_use(part)))
     summary['variables'] += 1
     if kind == 'parameter':
       summary['parameters'] += int(v.shape.num_elements())
