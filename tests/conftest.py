@@ -1,5 +1,6 @@
 """Shared pytest fixtures: fast session configs, a tiny PSPNet pipeline config, and a small Cityscapes-format
 dataset (the real sample frame plus synthetic frames) converted to TFRecords once per test session."""
+import contextlib
 import os
 import sys
 
@@ -111,9 +112,10 @@ def tiny_pipeline_text(train_record, val_record=None, batch_size=2, num_steps=4,
   return TINY_MODEL % values + TINY_TRAIN % values
 
 
-@pytest.fixture
-def log_lines():
-  """Lines logged by the toolkit's (TensorFlow's) logger, which does not propagate to pytest's caplog."""
+@contextlib.contextmanager
+def capture_log_lines():
+  """Yields the list of lines the toolkit's (TensorFlow's) logger logs inside the block; that logger does not
+  propagate to pytest's caplog."""
   import logging  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   lines = []
@@ -124,8 +126,17 @@ def log_lines():
 
   handler = Handler()
   tf.get_logger().addHandler(handler)
-  yield lines
-  tf.get_logger().removeHandler(handler)
+  try:
+    yield lines
+  finally:
+    tf.get_logger().removeHandler(handler)
+
+
+@pytest.fixture
+def log_lines():
+  """Lines logged by the toolkit's logger during the test (capture_log_lines)."""
+  with capture_log_lines() as lines:
+    yield lines
 
 
 @pytest.fixture(scope='session')

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from builders import dataset_builder
 from builders import eval_input_builder
 from builders import model_builder
 from drivers import eval_results
@@ -24,7 +23,7 @@ from libs import checkpoint_utils
 from libs import metrics
 from libs.compat import tf
 from libs.config_errors import ConfigError
-from libs.standard_fields import InputDataFields as fields
+from tests import testing_utils
 from tests.conftest import fast_session_config
 from tests.conftest import REPO_ROOT
 from tests.conftest import tiny_pipeline
@@ -271,28 +270,7 @@ def test_confusion_matrix_equals_an_independent_prediction_at_label_resolution(c
   assert _steps(results) == [2]
   # The same checkpoint, the model applied by hand to each padded val image, the padding cropped off the
   # upsampled logits, scored against the label file's pixels in numpy.
-  with tf.Graph().as_default():
-    model = model_builder.build(config.model, is_training=False)
-    images = tf.placeholder(tf.float32, [1, 129, 257, 3])
-    logits = model.postprocess(model.predict(model.preprocess(images)), [129, 257])['logits']
-    saver = tf.train.Saver()
-    reader = config.eval_input_reader
-    reader.num_epochs = 1
-    batch = tf.data.make_one_shot_iterator(dataset_builder.build(reader, 1, 19, drop_remainder=False)).get_next()
-    matrix = np.zeros([19, 19], np.int64)
-    with tf.Session(config=fast_session_config()) as sess:
-      saver.restore(sess, os.path.join(trained, 'model.ckpt-2'))
-      while True:
-        try:
-          example = sess.run(batch)
-        except tf.errors.OutOfRangeError:
-          break
-        height, width = example[fields.image].shape[1:3]
-        padded = np.empty([1, 129, 257, 3], np.float32)
-        padded[:] = np.array([123.68, 116.779, 103.939], np.float32)
-        padded[0, :height, :width] = example[fields.image][0]
-        prediction = sess.run(logits, {images: padded})[0, :height, :width].argmax(axis=2)
-        matrix += metrics.confusion_matrix(example[fields.labels_class][0, :, :, 0], prediction, 19)
+  matrix = testing_utils.padded_eval_confusion_matrix(config, os.path.join(trained, 'model.ckpt-2'))
   np.testing.assert_array_equal(np.array(results[0]['confusion_matrix']), matrix)
 
 

@@ -3,7 +3,6 @@ count, initialisation from a PSPNet checkpoint, training through the trainer wit
 evaluation and export of the trained checkpoint, memory-saving checkpoint nodes, and its configs."""
 import glob
 import json
-import logging
 import os
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 from google.protobuf import text_format
 
 from architectures import icnet_architecture
-from builders import dataset_builder
 from builders import model_builder
 from drivers import evaluator
 from drivers import exporter
@@ -19,13 +17,13 @@ from drivers import trainer
 from libs import checkpoint_utils
 from libs import config_util
 from libs import memory_saving_gradients
-from libs import metrics
 from libs.compat import slim
 from libs.compat import tf
 from libs.config_errors import ConfigError
 from libs.image_ops import MEAN_RGB
-from libs.standard_fields import InputDataFields as fields
 from protos import model_pb2
+from tests import testing_utils
+from tests.conftest import capture_log_lines
 from tests.conftest import fast_session_config
 from tests.conftest import fixed_batch_pipeline
 from tests.conftest import REPO_ROOT
@@ -207,18 +205,6 @@ def pspnet_checkpoint(tmp_path_factory):
   return prefix, values
 
 
-def _log_capture():
-  lines = []
-
-  class Handler(logging.Handler):
-    def emit(self, record):
-      lines.append(record.getMessage())
-
-  handler = Handler()
-  tf.get_logger().addHandler(handler)
-  return lines, handler
-
-
 @pytest.mark.parametrize('checkpoint_type', ['segmentation', 'segmentation-finetune'])
 def test_pspnet_checkpoint_restores_the_whole_backbone(pspnet_checkpoint, log_lines, checkpoint_type):
   prefix, values = pspnet_checkpoint
@@ -267,12 +253,9 @@ def icnet_run(cityscapes_records, pspnet_checkpoint, tmp_path_factory):
                     'fine_tune_checkpoint_type: "segmentation-finetune" }' % (NUM_STEPS, pspnet_checkpoint[0]),
                     config)
   logdir = str(tmp_path_factory.mktemp('icnet') / 'train')
-  lines, handler = _log_capture()
-  try:
+  with capture_log_lines() as lines:
     step = trainer.train(config, logdir, trainer.default_options(
         session_config=fast_session_config(), log_every_n_steps=1, save_summaries_secs=0))
-  finally:
-    tf.get_logger().removeHandler(handler)
   assert step == NUM_STEPS
   return {'pipeline': config, 'logdir': logdir, 'log': lines}
 
@@ -300,28 +283,7 @@ def test_evaluator_scores_the_checkpoints_own_predictions(icnet_run, tmp_path):
       session_config=fast_session_config(), evaluate_all_from_checkpoint=str(NUM_STEPS)))
   assert [r['global_step'] for r in results] == [NUM_STEPS]
   # The checkpoint applied by hand to each val image padded to 129 x 257, scored in numpy.
-  with tf.Graph().as_default():
-    model = model_builder.build(config.model, is_training=False)
-    images = tf.placeholder(tf.float32, [1, 129, 257, 3])
-    logits = model.postprocess(model.predict(model.preprocess(images)), [129, 257])['logits']
-    saver = tf.train.Saver(slim.get_model_variables())
-    reader = config.eval_input_reader
-    reader.num_epochs = 1
-    batch = tf.data.make_one_shot_iterator(dataset_builder.build(reader, 1, 19, drop_remainder=False)).get_next()
-    matrix = np.zeros([19, 19], np.int64)
-    with tf.Session(config=fast_session_config()) as sess:
-      saver.restore(sess, tf.train.latest_checkpoint(icnet_run['logdir']))
-      while True:
-        try:
-          example = sess.run(batch)
-        except tf.errors.OutOfRangeError:
-          break
-        height, width = example[fields.image].shape[1:3]
-        padded = np.empty([1, 129, 257, 3], np.float32)
-        padded[:] = np.array(MEAN_RGB, np.float32)
-        padded[0, :height, :width] = example[fields.image][0]
-        prediction = sess.run(logits, {images: padded})[0, :height, :width].argmax(axis=2)
-        matrix += metrics.confusion_matrix(example[fields.labels_class][0, :, :, 0], prediction, 19)
+  matrix = testing_utils.padded_eval_confusion_matrix(config, tf.train.latest_checkpoint(icnet_run['logdir']))
   assert matrix.sum() > 0
   np.testing.assert_array_equal(np.array(results[0]['confusion_matrix']), matrix)
 
@@ -345,14 +307,8 @@ def test_export_frozen_graph_and_saved_model_give_the_checkpoints_predictions(ic
       expected = sess.run(predictions, {inputs: padded})[0, :96, :128]
   assert len(np.unique(expected)) > 1
 
-  graph_def = tf.GraphDef()
-  with open(result.frozen_graph, 'rb') as f:
-    graph_def.ParseFromString(f.read())
-  with tf.Graph().as_default() as graph:
-    tf.import_graph_def(graph_def, name='')
-    assert not [op for op in graph.get_operations() if op.type in ('VarHandleOp', 'VariableV2')]
-    with tf.Session(config=fast_session_config()) as sess:
-      frozen = sess.run('predictions:0', {'inputs:0': image})
+  with tf.Session(graph=testing_utils.import_frozen_graph(result.frozen_graph), config=fast_session_config()) as sess:
+    frozen = sess.run('predictions:0', {'inputs:0': image})
   np.testing.assert_array_equal(frozen[0], expected)
 
   with tf.Graph().as_default():

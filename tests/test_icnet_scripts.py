@@ -22,6 +22,7 @@ from libs import checkpoint_utils
 from libs import config_util
 from libs.compat import slim
 from libs.compat import tf
+from tests import testing_utils
 from tests.conftest import fast_session_config
 from tests.conftest import REPO_ROOT
 from tests.conftest import SAMPLE_DIR
@@ -240,24 +241,15 @@ def test_classification_checkpoint_in_public_layout_initialises_the_full_icnet_b
   checkpoint = _write_public_resnet50_checkpoint(str(tmp_path / 'resnet_v1_50.ckpt'))
   public = dict(tf.train.list_variables(checkpoint))
   config = config_util.load_pipeline_config(os.path.join(REPO_ROOT, 'configs', 'icnet_1.0_1025_resnet_v1.config'))
-  with tf.Graph().as_default():
-    model = model_builder.build(config.model, is_training=True)
-    model.predict(model.preprocess(tf.zeros([1, 65, 65, 3])))
-    init_fn = checkpoint_utils.build_fine_tune_init(model, checkpoint, 'classification')
-    backbone = [v for v in slim.get_model_variables() if v.op.name.startswith('SharedFeatureExtractor/')]
-    head = slim.get_model_variables('CascadeFeatureFusion/Conv/weights')
-    with tf.Session(config=fast_session_config()) as sess:
-      sess.run(tf.global_variables_initializer())
-      init_fn(sess)
-      values = sess.run({v.op.name: v for v in backbone + head})
+  backbone, head = testing_utils.classification_restore(config.model, checkpoint, (65, 65),
+                                                        'CascadeFeatureFusion/Conv/weights')
   reader = tf.train.load_checkpoint(checkpoint)
   # Every public variable but the 1000-way logits maps onto the backbone; every backbone variable is restored.
   assert len(backbone) == len(public) - 2 == 265
-  for name in values:
-    if name.startswith('SharedFeatureExtractor/'):
-      np.testing.assert_array_equal(values[name], reader.get_tensor(name[len('SharedFeatureExtractor/'):]), name)
+  for name, value in backbone.items():
+    np.testing.assert_array_equal(value, reader.get_tensor(name[len('SharedFeatureExtractor/'):]), name)
   # ICNet's own parts start fresh (random init around 0, not the checkpoint's 0.5 .. 1.5), and the log says so.
-  assert np.abs(values['CascadeFeatureFusion/Conv/weights']).mean() < 0.1
+  assert np.abs(head['CascadeFeatureFusion/Conv/weights']).mean() < 0.1
   assert 'Initialised 265 variables from %s (classification checkpoint).' % checkpoint in log_lines
   fresh = [line for line in log_lines if line.startswith('Starting fresh')]
   assert len(fresh) == 1 and all(' %s (' % scope in fresh[0] for scope in FRESH_SCOPES)

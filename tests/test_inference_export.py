@@ -30,6 +30,7 @@ from libs import config_util
 from libs.compat import slim
 from libs.compat import tf
 from libs.image_ops import MEAN_RGB
+from tests import testing_utils
 from tests.conftest import fast_session_config
 from tests.conftest import REPO_ROOT
 from tests.conftest import SAMPLE_DIR
@@ -197,12 +198,8 @@ def test_export_frozen_graph_and_saved_model_equal_the_checkpoint(trained, tmp_p
 
   # Frozen graph: loads into a fresh graph, has no variables left, gives the checkpoint's predictions.
   assert result.frozen_graph == os.path.join(out, 'frozen_inference_graph.pb')
-  graph_def = tf.GraphDef()
-  with open(result.frozen_graph, 'rb') as f:
-    graph_def.ParseFromString(f.read())
-  with tf.Graph().as_default() as graph:
-    tf.import_graph_def(graph_def, name='')
-    assert not [op for op in graph.get_operations() if op.type in ('VarHandleOp', 'VariableV2')]
+  graph = testing_utils.import_frozen_graph(result.frozen_graph)
+  with graph.as_default():
     inputs, predictions = graph.get_tensor_by_name('inputs:0'), graph.get_tensor_by_name('predictions:0')
     assert inputs.dtype == tf.uint8 and inputs.shape.as_list() == [1, 128, 256, 3]
     assert predictions.dtype == tf.int32 and predictions.shape.as_list() == [1, 128, 256]

@@ -11,14 +11,13 @@ import pytest
 from google.protobuf import text_format
 
 from architectures import pspnet_architecture
-from builders import model_builder
 from drivers import trainer
-from libs import checkpoint_utils
 from libs import config_util
 from libs.compat import slim
 from libs.compat import tf
 from libs.config_errors import ConfigError
 from protos import model_pb2
+from tests import testing_utils
 from tests.conftest import fast_session_config
 from tests.conftest import fixed_batch_pipeline
 from tests.conftest import REPO_ROOT
@@ -132,25 +131,15 @@ def test_classification_checkpoint_in_public_layout_initialises_the_full_backbon
   model_config = text_format.Parse("""pspnet { num_classes: 19 feature_extractor { type: "dilated_resnet50" }
       hyperparams { batch_norm { scale: true epsilon: 0.00001 } } loss { classification_loss { softmax {} } } }""",
                                    model_pb2.Model())
-  with tf.Graph().as_default():
-    model = model_builder.build(model_config, is_training=True)
-    model.predict(model.preprocess(tf.zeros([1, 33, 33, 3])))
-    init_fn = checkpoint_utils.build_fine_tune_init(model, checkpoint, 'classification')
-    backbone = [v for v in slim.get_model_variables() if v.op.name.startswith('SharedFeatureExtractor/')]
-    head = slim.get_model_variables('PSPModule/Conv_4/weights')
-    with tf.Session(config=fast_session_config()) as sess:
-      sess.run(tf.global_variables_initializer())
-      init_fn(sess)
-      values = sess.run({v.op.name: v for v in backbone + head})
+  backbone, head = testing_utils.classification_restore(model_config, checkpoint, (33, 33), 'PSPModule/Conv_4/weights')
   reader = tf.train.load_checkpoint(checkpoint)
   # Every public variable but the logits maps onto the backbone, and every backbone variable is restored.
   assert len(backbone) == len(public) - 2
-  for name, value in values.items():
-    if name.startswith('SharedFeatureExtractor/'):
-      np.testing.assert_array_equal(value, reader.get_tensor(name[len('SharedFeatureExtractor/'):]), name)
+  for name, value in backbone.items():
+    np.testing.assert_array_equal(value, reader.get_tensor(name[len('SharedFeatureExtractor/'):]), name)
   # The pyramid module is not in a classification checkpoint: it keeps its random init (values around 0,
   # not the checkpoint's 0.5..1.5).
-  assert np.abs(values['PSPModule/Conv_4/weights']).mean() < 0.1
+  assert np.abs(head['PSPModule/Conv_4/weights']).mean() < 0.1
 
 
 def test_missing_fine_tune_checkpoint_is_an_error_not_a_random_init(cityscapes_records, tmp_path):

@@ -205,3 +205,76 @@ def random_weights_inference_session(model_config, size, compute_dtype=None):
     sess.run(tf.global_variables_initializer())
     randomize_variables(sess, tf.global_variables())
   return sess, endpoints, logits
+
+
+def padded_eval_confusion_matrix(pipeline_config, checkpoint_path, padded_size=(129, 257), num_classes=19):
+  """The confusion matrix of a checkpoint over its config's eval input, computed by hand: each image padded with
+  the mean colour to padded_size, the model's upsampled logits cropped back and arg-maxed, scored in numpy.
+
+  The reference the evaluator's padded mode must reproduce.
+  """
+  # pylint: disable=import-outside-toplevel
+  from builders import dataset_builder
+  from builders import model_builder
+  from libs import metrics
+  from libs.compat import slim
+  from libs.image_ops import MEAN_RGB
+  from libs.standard_fields import InputDataFields as fields
+  # pylint: enable=import-outside-toplevel
+  with tf.Graph().as_default():
+    model = model_builder.build(pipeline_config.model, is_training=False)
+    images = tf.placeholder(tf.float32, [1] + list(padded_size) + [3])
+    logits = model.postprocess(model.predict(model.preprocess(images)), list(padded_size))['logits']
+    saver = tf.train.Saver(slim.get_model_variables())
+    reader = type(pipeline_config.eval_input_reader)()
+    reader.CopyFrom(pipeline_config.eval_input_reader)
+    reader.num_epochs = 1
+    batch = tf.data.make_one_shot_iterator(
+        dataset_builder.build(reader, 1, num_classes, drop_remainder=False)).get_next()
+    matrix = np.zeros([num_classes, num_classes], np.int64)
+    with tf.Session(config=session_config()) as sess:
+      saver.restore(sess, checkpoint_path)
+      while True:
+        try:
+          example = sess.run(batch)
+        except tf.errors.OutOfRangeError:
+          break
+        height, width = example[fields.image].shape[1:3]
+        padded = np.empty([1] + list(padded_size) + [3], np.float32)
+        padded[:] = np.array(MEAN_RGB, np.float32)
+        padded[0, :height, :width] = example[fields.image][0]
+        prediction = sess.run(logits, {images: padded})[0, :height, :width].argmax(axis=2)
+        matrix += metrics.confusion_matrix(example[fields.labels_class][0, :, :, 0], prediction, num_classes)
+  return matrix
+
+
+def import_frozen_graph(path):
+  """A new graph holding the frozen GraphDef at path; asserts that no variable is left in it."""
+  graph_def = tf.GraphDef()
+  with open(path, 'rb') as f:
+    graph_def.ParseFromString(f.read())
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.import_graph_def(graph_def, name='')
+  assert not [op for op in graph.get_operations() if op.type in ('VarHandleOp', 'VariableV2')]
+  return graph
+
+
+def classification_restore(model_config, checkpoint_path, input_size, head_variable):
+  """Builds the training model, restores a classification (TF-Slim ResNet layout) checkpoint into it as the
+  trainer does, and returns ({backbone variable name: value}, {head_variable: value}) after the restore."""
+  # pylint: disable=import-outside-toplevel
+  from builders import model_builder
+  from libs import checkpoint_utils
+  from libs.compat import slim
+  # pylint: enable=import-outside-toplevel
+  with tf.Graph().as_default():
+    model = model_builder.build(model_config, is_training=True)
+    model.predict(model.preprocess(tf.zeros([1] + list(input_size) + [3])))
+    init_fn = checkpoint_utils.build_fine_tune_init(model, checkpoint_path, 'classification')
+    backbone = [v for v in slim.get_model_variables() if v.op.name.startswith(model.backbone_scope + '/')]
+    head = slim.get_model_variables(head_variable)
+    with tf.Session(config=session_config()) as sess:
+      sess.run(tf.global_variables_initializer())
+      init_fn(sess)
+      return (sess.run({v.op.name: v for v in backbone}), sess.run({v.op.name: v for v in head}))
