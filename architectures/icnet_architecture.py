@@ -43,7 +43,8 @@ AuxOutput/Conv classifies block3. No FullResolutionBranch, no fusion units.
 Memory-saving checkpoint nodes (train_mem_saving.py --checkpoint_nodes, CHECKPOINT_NODES): the four block outputs
 of block_output_nodes(), FastPSPModule/Conv/Relu, CascadeFeatureFusion/Relu, CascadeFeatureFusion_1/Relu.
 
-Model interface: exactly PSPNetArchitecture's (architectures/pspnet_architecture.py), with these outputs:
+Model interface: SegmentationModel's (architectures/segmentation_model.py), as PSPNetArchitecture's, with these
+outputs:
 
     predict(preprocessed)  -> {'logits': [N, 2h - 1, 2w - 1, C] (h, w: the 1/8 grid, ceil(H / 8) for sizes
                                32k + 1; 1/8 itself in pretrain mode),
@@ -56,14 +57,14 @@ Model interface: exactly PSPNetArchitecture's (architectures/pspnet_architecture
 """
 from architectures import dilated_resnet_v1
 from architectures import pspnet_architecture
+from architectures import segmentation_model
 from libs.compat import slim
 from libs.compat import tf
 from libs.config_errors import UserError
-from libs.image_ops import MEAN_RGB
 from libs.image_ops import resize_bilinear
 
-FEATURE_EXTRACTOR_SCOPE = pspnet_architecture.FEATURE_EXTRACTOR_SCOPE
-BACKBONE_SCOPE = pspnet_architecture.BACKBONE_SCOPE
+FEATURE_EXTRACTOR_SCOPE = segmentation_model.FEATURE_EXTRACTOR_SCOPE
+BACKBONE_SCOPE = segmentation_model.BACKBONE_SCOPE
 HALF_RESOLUTION_SCOPE = 'HalfResolutionInput'
 FULL_RESOLUTION_SCOPE = 'FullResolutionBranch'
 FAST_PSP_SCOPE = 'FastPSPModule'
@@ -93,7 +94,7 @@ PARTS = (
 )
 
 # The original project's ICNet checkpoint nodes for train_mem_saving.py, as this graph names them (ResNet50).
-CHECKPOINT_NODES = pspnet_architecture.block_output_nodes() + (
+CHECKPOINT_NODES = segmentation_model.block_output_nodes() + (
     FAST_PSP_SCOPE + '/Conv/Relu',
     FIRST_FUSION_SCOPE + '/Relu',
     SECOND_FUSION_SCOPE + '/Relu',
@@ -113,8 +114,10 @@ def _static_size(tensor):
   return [height, width]
 
 
-class ICNetArchitecture(object):
+class ICNetArchitecture(segmentation_model.SegmentationModel):
   """ICNet over a dilated ResNet; see the module docstring for the graph and the interface."""
+
+  PARTS = PARTS
 
   def __init__(self,
                is_training,
@@ -150,36 +153,14 @@ class ICNetArchitecture(object):
       ignore_label: label value excluded from the loss.
       native_atrous_conv: atrous convs (backbone and fusion units) as one dilated Conv2D each.
     """
-    self._is_training = is_training
-    self._num_classes = num_classes
-    self._scope_fn = scope_fn
-    self._filter_scale = filter_scale
-    self._pooling_factors = tuple(int(bins) for bins in pooling_factors)
-    self._num_units_per_block = tuple(num_units_per_block)
-    self._use_aux_loss = use_aux_loss
-    self._main_loss_weight = main_loss_weight
+    # The loss resizes the labels to each output's grid (nearest, corners aligned): the paper's cascade label
+    # guidance (upsample_logits False).
+    super().__init__(is_training, num_classes, scope_fn, filter_scale, (int(bins) for bins in pooling_factors),
+                     num_units_per_block, use_aux_loss, main_loss_weight, classification_loss_fn, ignore_label,
+                     False, native_atrous_conv)
     self._second_branch_loss_weight = second_branch_loss_weight
     self._first_branch_loss_weight = first_branch_loss_weight
     self._pretrain_single_branch_mode = pretrain_single_branch_mode
-    self._classification_loss_fn = classification_loss_fn
-    self._ignore_label = ignore_label
-    self._native_atrous_conv = native_atrous_conv
-
-  @property
-  def num_classes(self):
-    return self._num_classes
-
-  @property
-  def is_training(self):
-    return self._is_training
-
-  @property
-  def ignore_label(self):
-    return self._ignore_label
-
-  @property
-  def builds_aux_head(self):
-    return self._is_training and self._use_aux_loss
 
   @property
   def pretrain_single_branch_mode(self):
@@ -191,70 +172,12 @@ class ICNetArchitecture(object):
     through every resize), 8 in pretrain mode (the backbone's output)."""
     return PRETRAIN_OUTPUT_STRIDE if self._pretrain_single_branch_mode else OUTPUT_STRIDE
 
-  @property
-  def backbone_scope(self):
-    """The scope of every backbone variable and node ('SharedFeatureExtractor'), without clone scope."""
-    return FEATURE_EXTRACTOR_SCOPE
-
-  @property
-  def num_backbone_blocks(self):
-    return len(self._num_units_per_block)
-
-  def block_output_nodes(self):
-    """Node names of block1 .. block4's outputs (the same as PSPNet's)."""
-    return pspnet_architecture.block_output_nodes(self._num_units_per_block)
-
   def checkpoint_nodes(self):
     """The memory-saving checkpoint nodes of this graph (block outputs, FastPSPModule, fusion units)."""
     nodes = self.block_output_nodes() + (FAST_PSP_SCOPE + '/Conv/Relu',)
     if not self._pretrain_single_branch_mode:
       nodes += (FIRST_FUSION_SCOPE + '/Relu', SECOND_FUSION_SCOPE + '/Relu')
     return nodes
-
-  @property
-  def parts(self):
-    """((scope prefix, part name), ...) of the network's parts in graph order (PARTS)."""
-    return PARTS
-
-  def preprocess(self, images):
-    """Subtracts the ImageNet RGB mean the TF-Slim ResNet checkpoints expect.
-
-    Args:
-      images: [N, H, W, 3] RGB in [0, 255], any real dtype.
-
-    Returns:
-      float32 [N, H, W, 3].
-    """
-    with tf.name_scope('Preprocessor'):
-      return tf.cast(images, tf.float32) - tf.constant(MEAN_RGB, tf.float32)
-
-  def _scaled(self, depth):
-    return dilated_resnet_v1.scaled_depth(depth, self._filter_scale)
-
-  def predict(self, preprocessed_inputs, reuse=None):
-    """Runs the network, in the floating-point type of its input.
-
-    Args:
-      preprocessed_inputs: [N, H, W, 3] from preprocess(), with static H and W: float32, or bfloat16/float16 for
-        mixed precision (float32 variables under the same names, cast where they are read).
-      reuse: reuse existing variables (data-parallel clones after the first).
-
-    Returns:
-      dict, see the module docstring.
-    """
-    if preprocessed_inputs.dtype.base_dtype in pspnet_architecture.HALF_DTYPES:
-      with tf.variable_scope(tf.get_variable_scope(), custom_getter=pspnet_architecture.float32_variable_getter):
-        return self._predict(preprocessed_inputs, reuse)
-    return self._predict(preprocessed_inputs, reuse)
-
-  def _backbone(self, inputs, reuse, after_block1_fn=None):
-    with tf.variable_scope(FEATURE_EXTRACTOR_SCOPE, values=[inputs], reuse=reuse):
-      _, end_points = dilated_resnet_v1.dilated_resnet_v1_50(
-          inputs, filter_scale=self._filter_scale, num_units_per_block=self._num_units_per_block,
-          output_stride=8, scope=BACKBONE_SCOPE, native_atrous_conv=self._native_atrous_conv,
-          after_block1_fn=after_block1_fn)
-    prefix = '%s/%s/' % (FEATURE_EXTRACTOR_SCOPE, BACKBONE_SCOPE)
-    return [end_points[prefix + 'block%d' % i] for i in range(1, 5)], end_points
 
   def _predict(self, preprocessed_inputs, reuse):
     size = _static_size(preprocessed_inputs)
@@ -268,8 +191,8 @@ class ICNetArchitecture(object):
         with tf.name_scope('Downsample'):
           return resize_bilinear(block1, [half_size(s) for s in _static_size(block1)])
 
-      blocks, end_points = self._backbone(half, reuse, after_block1_fn=downsample)
-      end_points = dict(end_points)
+      _, end_points = self._backbone(half, reuse, after_block1_fn=downsample)
+      blocks, end_points = self._block_outputs(end_points), dict(end_points)
       with tf.variable_scope(tf.get_variable_scope(), reuse=reuse):
         full = self._full_resolution_branch(preprocessed_inputs)
         low = self._fast_psp_module(blocks[3])
@@ -287,8 +210,8 @@ class ICNetArchitecture(object):
     return outputs
 
   def _predict_single_branch(self, preprocessed_inputs, reuse):
-    blocks, end_points = self._backbone(preprocessed_inputs, reuse)
-    end_points = dict(end_points)
+    _, end_points = self._backbone(preprocessed_inputs, reuse)
+    blocks, end_points = self._block_outputs(end_points), dict(end_points)
     with tf.variable_scope(tf.get_variable_scope(), reuse=reuse):
       low = self._fast_psp_module(blocks[3])
       logits = self._classifier(low, CLASSIFIER_SCOPE)
@@ -340,65 +263,14 @@ class ICNetArchitecture(object):
   def _classifier(self, net, scope, upsample=False):
     """1x1 classifier with bias and no BN; upsample: its logits resized x2 (2h - 1, an exact zoom)."""
     with tf.variable_scope(scope, values=[net]):
-      logits = slim.conv2d(net, self._num_classes, 1, activation_fn=None, normalizer_fn=None,
-                           biases_initializer=tf.zeros_initializer(), scope='Conv')
+      logits = self._logits_conv(net)
       if upsample:
         with tf.name_scope('Upsample'):
           logits = resize_bilinear(logits, [2 * s - 1 for s in _static_size(logits)])
       return logits
 
-  def postprocess(self, prediction_dict, output_size):
-    """Upsamples logits to output_size and takes the arg-max.
-
-    Returns:
-      dict with 'logits': float32 [N, H, W, C] and 'predictions': int32 [N, H, W].
-    """
-    with tf.name_scope('Postprocessor'):
-      logits = resize_bilinear(prediction_dict['logits'], output_size)
-      return {'logits': logits, 'predictions': tf.argmax(logits, axis=3, output_type=tf.int32)}
-
-  def _head_loss(self, logits, labels, name):
-    # Labels to each output's grid (nearest, corners aligned): the paper's cascade label guidance.
-    return pspnet_architecture.segmentation_loss(logits, labels, self._num_classes, self._ignore_label,
-                                                 self._classification_loss_fn, False, name)
-
-  def loss(self, prediction_dict, labels):
-    """Weighted main and (training graphs with the auxiliary loss) branch losses.
-
-    Args:
-      prediction_dict: from predict().
-      labels: [N, H, W, 1] train ids (ignore_label for ignored pixels).
-
-    Returns:
-      dict with 'main_loss' and, when the auxiliary classifiers were built, 'first_branch_loss' (1/16) and
-      'second_branch_loss' (1/8), or 'aux_loss' (block3) in pretrain mode: scalars, weights applied.
-    """
-    if self._classification_loss_fn is None:
-      raise ValueError('ICNetArchitecture.loss() needs a classification_loss_fn')
-    losses = {'main_loss': self._main_loss_weight *
-                           self._head_loss(prediction_dict['logits'], labels, 'MainLoss')}
-    if 'first_branch_logits' in prediction_dict:
-      losses['first_branch_loss'] = self._first_branch_loss_weight * self._head_loss(
-          prediction_dict['first_branch_logits'], labels, 'FirstBranchLoss')
-      losses['second_branch_loss'] = self._second_branch_loss_weight * self._head_loss(
-          prediction_dict['second_branch_logits'], labels, 'SecondBranchLoss')
-    if 'aux_logits' in prediction_dict:
-      losses['aux_loss'] = self._second_branch_loss_weight * self._head_loss(
-          prediction_dict['aux_logits'], labels, 'AuxLoss')
-    return losses
-
-  def restore_map(self, fine_tune_checkpoint_type='segmentation'):
-    """Maps checkpoint variable names to this graph's model variables.
-
-    Args:
-      fine_tune_checkpoint_type: 'classification' (TF-Slim ResNet -> the backbone), 'segmentation' or
-        'segmentation-finetune' (a PSPNet, ICNet or seed checkpoint: every model variable by its own name; a
-        PSPNet checkpoint holds the whole backbone, the ICNet parts start fresh).
-
-    Returns:
-      dict {checkpoint name: variable}.
-
-    Raises:
-      ValueError: for another checkpoint type.
-    """
-    return pspnet_architecture.model_restore_map(fine_tune_checkpoint_type, FEATURE_EXTRACTOR_SCOPE)
+  def _aux_losses(self):
+    """AuxOutput (1/16) and AuxOutput_1 (1/8), or AuxOutput on block3 ('aux_loss') in pretrain mode."""
+    return (('first_branch_logits', 'first_branch_loss', self._first_branch_loss_weight, 'FirstBranchLoss'),
+            ('second_branch_logits', 'second_branch_loss', self._second_branch_loss_weight, 'SecondBranchLoss'),
+            ('aux_logits', 'aux_loss', self._second_branch_loss_weight, 'AuxLoss'))

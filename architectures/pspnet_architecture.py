@@ -23,18 +23,26 @@ Model interface (shapes for a batch of N images of H x W):
 import numpy as np
 
 from architectures import dilated_resnet_v1
+from architectures import segmentation_model
 from libs import conv_gradients
 from libs.compat import slim
 from libs.compat import tf
 from libs.config_errors import UserError
-from libs.image_ops import MEAN_RGB
 from libs.image_ops import resize_bilinear
 
-FEATURE_EXTRACTOR_SCOPE = 'SharedFeatureExtractor'
+# The shared pieces live in architectures/segmentation_model.py; these names stay importable from here.
+FEATURE_EXTRACTOR_SCOPE = segmentation_model.FEATURE_EXTRACTOR_SCOPE
+BACKBONE_SCOPE = segmentation_model.BACKBONE_SCOPE
+HALF_DTYPES = segmentation_model.HALF_DTYPES
+FINE_TUNE_CHECKPOINT_TYPES = segmentation_model.FINE_TUNE_CHECKPOINT_TYPES
+block_output_nodes = segmentation_model.block_output_nodes
+float32_variable_getter = segmentation_model.float32_variable_getter
+segmentation_loss = segmentation_model.segmentation_loss
+model_restore_map = segmentation_model.model_restore_map
+
 PSP_MODULE_SCOPE = 'PSPModule'
 LOGITS_SCOPE = 'Logits'
 AUX_HEAD_SCOPE = 'AuxHead'
-BACKBONE_SCOPE = 'resnet_v1_50'
 
 PSP_DEPTH = 512
 
@@ -46,12 +54,6 @@ SEED_CHECKPOINT_NODES = (
     'SharedFeatureExtractor/resnet_v1_50/block4/unit_3/bottleneck_v1/Relu',
     'PSPModule/Conv_4/Relu6',
 )
-
-
-def block_output_nodes(num_units_per_block=dilated_resnet_v1.RESNET50_UNITS):
-  """Names of the backbone's block outputs (the last unit's Relu of block1 .. block4), without clone scope."""
-  return tuple('%s/%s/block%d/unit_%d/bottleneck_v1/Relu' % (FEATURE_EXTRACTOR_SCOPE, BACKBONE_SCOPE, block, units)
-               for block, units in enumerate(num_units_per_block, 1))
 
 
 def adaptive_average_pool(features, bins):
@@ -120,8 +122,6 @@ def _averaging_matrix(size, bins, dtype):
   return tf.constant(matrix, dtype=dtype)
 
 
-HALF_DTYPES = (tf.bfloat16, tf.float16)
-
 # Network parts by scope prefix, in graph order (drivers/exporter.py's parameter and MAC tables, seed
 # checkpoints): the `parts` property of the model.
 PARTS = (
@@ -130,81 +130,12 @@ PARTS = (
     (LOGITS_SCOPE + '/', 'Logits'),
     (AUX_HEAD_SCOPE + '/', 'AuxHead'),
 )
-# restore_map types: 'segmentation-finetune' is the original toolkit's spelling of a segmentation checkpoint
-# (its ICNet configs use it), accepted as a synonym.
-FINE_TUNE_CHECKPOINT_TYPES = ('classification', 'segmentation', 'segmentation-finetune')
 
 
-def float32_variable_getter(getter, name, shape=None, dtype=None, *args, **kwargs):
-  """Custom getter of mixed precision: a half-precision variable is created (or reused) as float32 under its
-  own name, so checkpoints are the same as float32 training's, and read as a cast to the half type."""
-  if dtype in HALF_DTYPES:
-    return tf.cast(getter(name, shape, tf.float32, *args, **kwargs), dtype)
-  return getter(name, shape, dtype, *args, **kwargs)
-
-
-
-def segmentation_loss(logits, labels, num_classes, ignore_label, classification_loss_fn, upsample_logits, name):
-  """Mean classification loss of one head over the valid pixels (the ignore label excluded).
-
-  Args:
-    logits: float [N, h, w, C] (any float dtype; the loss is computed in float32).
-    labels: uint8/int [N, H, W, 1] train ids.
-    num_classes: C.
-    ignore_label: label value excluded from the loss.
-    classification_loss_fn: fn(logits [P, C], labels int32 [P], weights float [P]) -> scalar mean loss over
-      positive weights (builders/losses_builder.py).
-    upsample_logits: True: bilinearly upsample the logits to the labels' size; False: nearest-neighbour resize
-      the labels to the logits' size (corners aligned, as the logits are).
-    name: name scope.
-
-  Returns:
-    scalar float32.
-  """
-  with tf.name_scope(name):
-    label_size = [int(labels.shape[1]), int(labels.shape[2])] if labels.shape[1:3].is_fully_defined() \
-        else tf.shape(labels)[1:3]
-    if upsample_logits:
-      logits = resize_bilinear(logits, label_size)
-    else:
-      labels = tf.raw_ops.ResizeNearestNeighbor(images=labels, size=tf.shape(logits)[1:3], align_corners=True)
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    # The loss in float32 also for mixed-precision logits (a no-op for float32 ones).
-    logits = tf.reshape(tf.cast(logits, tf.float32), [-1, num_classes])
-    valid = tf.cast(tf.not_equal(labels, ignore_label), tf.float32)
-    # Ignored pixels get a harmless in-range label; their weight is 0.
-    labels = tf.where(tf.equal(labels, ignore_label), tf.zeros_like(labels), labels)
-    return classification_loss_fn(logits, labels, valid)
-
-
-def model_restore_map(fine_tune_checkpoint_type, backbone_scope):
-  """restore_map() of a model whose variables are slim model variables under their checkpoint names.
-
-  Args:
-    fine_tune_checkpoint_type: 'classification' (a TF-Slim ResNet: resnet_v1_50/... -> <backbone_scope>/...,
-      nothing else), 'segmentation' or its synonym 'segmentation-finetune' (every model variable by its own
-      name: a PSPNet, ICNet or seed checkpoint).
-    backbone_scope: the scope the classification checkpoint's names are prefixed with in the model.
-
-  Returns:
-    dict {checkpoint name: variable}.
-
-  Raises:
-    ValueError: for another checkpoint type.
-  """
-  # slim model variables: weights and batch-norm statistics, never optimizer slots or the global step.
-  model_vars = slim.get_model_variables()
-  if fine_tune_checkpoint_type == 'classification':
-    prefix = backbone_scope + '/'
-    return {v.op.name[len(prefix):]: v for v in model_vars if v.op.name.startswith(prefix)}
-  if fine_tune_checkpoint_type in ('segmentation', 'segmentation-finetune'):
-    return {v.op.name: v for v in model_vars}
-  raise UserError('fine_tune_checkpoint_type must be one of %s, got %r'
-                   % (', '.join('"%s"' % t for t in FINE_TUNE_CHECKPOINT_TYPES), fine_tune_checkpoint_type))
-
-
-class PSPNetArchitecture(object):
+class PSPNetArchitecture(segmentation_model.SegmentationModel):
   """PSPNet50 with an optional auxiliary head; see the module docstring for the interface."""
+
+  PARTS = PARTS
 
   def __init__(self,
                is_training,
@@ -246,76 +177,18 @@ class PSPNetArchitecture(object):
       low_memory_conv_gradients: the PSP fusion conv and the aux head conv get libs/conv_gradients.py's
         gradients (no whole-image im2col buffers); only gradients differ, and only in rounding.
     """
-    self._is_training = is_training
-    self._num_classes = num_classes
-    self._scope_fn = scope_fn
-    self._filter_scale = filter_scale
-    self._pooling_factors = tuple(pooling_factors)
-    self._num_units_per_block = tuple(num_units_per_block)
+    super().__init__(is_training, num_classes, scope_fn, filter_scale, pooling_factors, num_units_per_block,
+                     use_aux_loss, main_loss_weight, classification_loss_fn, ignore_label, upsample_logits,
+                     native_atrous_conv)
     self._output_stride = output_stride
     self._dropout_keep_prob = dropout_keep_prob
     self._aux_head_depth = aux_head_depth
-    self._use_aux_loss = use_aux_loss
-    self._main_loss_weight = main_loss_weight
     self._aux_loss_weight = aux_loss_weight
-    self._classification_loss_fn = classification_loss_fn
-    self._ignore_label = ignore_label
-    self._upsample_logits = upsample_logits
-    self._native_atrous_conv = native_atrous_conv
     self._low_memory_conv_gradients = low_memory_conv_gradients
-
-  @property
-  def num_classes(self):
-    return self._num_classes
-
-  @property
-  def is_training(self):
-    return self._is_training
-
-  @property
-  def ignore_label(self):
-    return self._ignore_label
-
-  @property
-  def builds_aux_head(self):
-    return self._is_training and self._use_aux_loss
 
   @property
   def output_stride(self):
     return self._output_stride
-
-  @property
-  def backbone_scope(self):
-    """The scope of every backbone variable and node ('SharedFeatureExtractor'), without clone scope."""
-    return FEATURE_EXTRACTOR_SCOPE
-
-  @property
-  def num_backbone_blocks(self):
-    return len(self._num_units_per_block)
-
-  def block_output_nodes(self):
-    """Node names of block1 .. block4's outputs in this model's backbone (see block_output_nodes())."""
-    return block_output_nodes(self._num_units_per_block)
-
-  @property
-  def parts(self):
-    """((scope prefix, part name), ...) of the network's parts in graph order (PARTS)."""
-    return PARTS
-
-  def preprocess(self, images):
-    """Subtracts the ImageNet RGB mean the TF-Slim ResNet checkpoints expect.
-
-    Args:
-      images: [N, H, W, 3] RGB in [0, 255], any real dtype.
-
-    Returns:
-      float32 [N, H, W, 3].
-    """
-    with tf.name_scope('Preprocessor'):
-      return tf.cast(images, tf.float32) - tf.constant(MEAN_RGB, tf.float32)
-
-  def _scaled(self, depth):
-    return dilated_resnet_v1.scaled_depth(depth, self._filter_scale)
 
   def _dropout(self, net):
     if self._is_training and self._dropout_keep_prob < 1.0:
@@ -340,93 +213,21 @@ class PSPNetArchitecture(object):
 
   def _classifier(self, net, scope):
     with tf.variable_scope(scope, values=[net]):
-      net = self._dropout(net)
-      return slim.conv2d(net, self._num_classes, 1, activation_fn=None, normalizer_fn=None,
-                         biases_initializer=tf.zeros_initializer(), scope='Conv')
-
-  def predict(self, preprocessed_inputs, reuse=None):
-    """Runs the network, in the floating-point type of its input.
-
-    Args:
-      preprocessed_inputs: [N, H, W, 3] from preprocess(), with static H and W: float32, or bfloat16/float16 for
-        mixed precision (variables stay float32, with the same names, and are cast where they are read; batch
-        norm keeps float32 statistics).
-      reuse: reuse existing variables (data-parallel clones after the first).
-
-    Returns:
-      dict with 'logits': [N, ceil(H/os), ceil(W/os), num_classes] of the input's dtype, 'aux_logits' likewise
-      (only when builds_aux_head), and 'end_points': the backbone's end points.
-    """
-    if preprocessed_inputs.dtype.base_dtype in HALF_DTYPES:
-      with tf.variable_scope(tf.get_variable_scope(), custom_getter=float32_variable_getter):
-        return self._predict(preprocessed_inputs, reuse)
-    return self._predict(preprocessed_inputs, reuse)
+      return self._logits_conv(self._dropout(net))
 
   def _predict(self, preprocessed_inputs, reuse):
     with slim.arg_scope(self._scope_fn()):
-      with tf.variable_scope(FEATURE_EXTRACTOR_SCOPE, values=[preprocessed_inputs], reuse=reuse):
-        features, end_points = dilated_resnet_v1.dilated_resnet_v1_50(
-            preprocessed_inputs, filter_scale=self._filter_scale,
-            num_units_per_block=self._num_units_per_block, output_stride=self._output_stride,
-            scope=BACKBONE_SCOPE, native_atrous_conv=self._native_atrous_conv)
+      features, end_points = self._backbone(preprocessed_inputs, reuse, output_stride=self._output_stride)
       with tf.variable_scope(tf.get_variable_scope(), reuse=reuse):
         net = self._pyramid_pooling_module(features)
         outputs = {'logits': self._classifier(net, LOGITS_SCOPE), 'end_points': end_points}
         if self.builds_aux_head:
-          block3 = end_points['%s/%s/block3' % (FEATURE_EXTRACTOR_SCOPE, BACKBONE_SCOPE)]
+          block3 = self._block_outputs(end_points)[2]
           with tf.variable_scope(AUX_HEAD_SCOPE, values=[block3]):
             with conv_gradients.low_memory_gradients(self._low_memory_conv_gradients):
               aux = slim.conv2d(block3, self._scaled(self._aux_head_depth), 3, scope='Conv')
             outputs['aux_logits'] = self._classifier(aux, 'Logits')
     return outputs
 
-  def postprocess(self, prediction_dict, output_size):
-    """Upsamples logits to output_size and takes the arg-max.
-
-    Returns:
-      dict with 'logits': float32 [N, H, W, C] and 'predictions': int32 [N, H, W].
-    """
-    with tf.name_scope('Postprocessor'):
-      logits = resize_bilinear(prediction_dict['logits'], output_size)
-      return {'logits': logits, 'predictions': tf.argmax(logits, axis=3, output_type=tf.int32)}
-
-  def _head_loss(self, logits, labels, name):
-    """Mean classification loss over the valid pixels of one head."""
-    return segmentation_loss(logits, labels, self._num_classes, self._ignore_label, self._classification_loss_fn,
-                             self._upsample_logits, name)
-
-  def loss(self, prediction_dict, labels):
-    """Weighted main (and auxiliary) losses.
-
-    Args:
-      prediction_dict: from predict().
-      labels: [N, H, W, 1] train ids (ignore_label for ignored pixels).
-
-    Returns:
-      dict with 'main_loss' and, when the auxiliary head was built, 'aux_loss' (scalars, weights applied).
-    """
-    if self._classification_loss_fn is None:
-      raise ValueError('PSPNetArchitecture.loss() needs a classification_loss_fn')
-    losses = {'main_loss': self._main_loss_weight *
-                           self._head_loss(prediction_dict['logits'], labels, 'MainLoss')}
-    if 'aux_logits' in prediction_dict:
-      losses['aux_loss'] = self._aux_loss_weight * self._head_loss(
-          prediction_dict['aux_logits'], labels, 'AuxLoss')
-    return losses
-
-  def restore_map(self, fine_tune_checkpoint_type='segmentation'):
-    """Maps checkpoint variable names to this graph's model variables.
-
-    Args:
-      fine_tune_checkpoint_type: 'classification' (TF-Slim ResNet: resnet_v1_50/... -> our backbone, nothing
-        else) or 'segmentation' / 'segmentation-finetune' (a PSPNet checkpoint: every model variable by its own
-        name).
-
-    Returns:
-      dict {checkpoint name: variable}. Callers drop names absent from the actual checkpoint (and log them).
-
-    Raises:
-      ValueError: for another checkpoint type.
-    """
-    return model_restore_map(fine_tune_checkpoint_type, FEATURE_EXTRACTOR_SCOPE)
-
+  def _aux_losses(self):
+    return (('aux_logits', 'aux_loss', self._aux_loss_weight, 'AuxLoss'),)
