@@ -36,7 +36,6 @@ BACKBONE_SCOPE = segmentation_model.BACKBONE_SCOPE
 HALF_DTYPES = segmentation_model.HALF_DTYPES
 FINE_TUNE_CHECKPOINT_TYPES = segmentation_model.FINE_TUNE_CHECKPOINT_TYPES
 block_output_nodes = segmentation_model.block_output_nodes
-float32_variable_getter = segmentation_model.float32_variable_getter
 segmentation_loss = segmentation_model.segmentation_loss
 model_restore_map = segmentation_model.model_restore_map
 

@@ -15,7 +15,8 @@ Model interface (shapes for a batch of N images of H x W; C = num_classes):
     predict(preprocessed)   -> {'logits': [N, h, w, C], the auxiliary heads' logits (training graphs with the
                                auxiliary loss only), 'end_points': {scope name: tensor}}; h, w and the auxiliary
                                keys are the model's (see its module docstring). The input may be bfloat16 or
-                               float16 (mixed precision): float32 variables under the same names, cast where read.
+                               float16 (mixed precision): float32 variables under the same names, cast where read
+                               (libs/mixed_precision.py).
     postprocess(predictions, (H, W))  -> {'logits': [N, H, W, C] bilinear upsampled,
                                           'predictions': int32 [N, H, W] train ids}
     loss(predictions, labels)  labels uint8/int [N, H, W, 1] -> {'main_loss': scalar, one scalar per auxiliary
@@ -30,6 +31,7 @@ A subclass sets PARTS, defines output_stride and _predict(preprocessed_inputs, r
 mixed-precision scope), and lists its auxiliary losses in _aux_losses().
 """
 from architectures import dilated_resnet_v1
+from libs import mixed_precision
 from libs.compat import slim
 from libs.compat import tf
 from libs.config_errors import UserError
@@ -39,7 +41,7 @@ from libs.image_ops import resize_bilinear
 FEATURE_EXTRACTOR_SCOPE = 'SharedFeatureExtractor'
 BACKBONE_SCOPE = 'resnet_v1_50'
 
-HALF_DTYPES = (tf.bfloat16, tf.float16)
+HALF_DTYPES = mixed_precision.HALF_DTYPES
 
 # restore_map types: 'segmentation-finetune' is the original toolkit's spelling of a segmentation checkpoint
 # (its ICNet configs use it), accepted as a synonym.
@@ -50,14 +52,6 @@ def block_output_nodes(num_units_per_block=dilated_resnet_v1.RESNET50_UNITS):
   """Names of the backbone's block outputs (the last unit's Relu of block1 .. block4), without clone scope."""
   return tuple('%s/%s/block%d/unit_%d/bottleneck_v1/Relu' % (FEATURE_EXTRACTOR_SCOPE, BACKBONE_SCOPE, block, units)
                for block, units in enumerate(num_units_per_block, 1))
-
-
-def float32_variable_getter(getter, name, shape=None, dtype=None, *args, **kwargs):
-  """Custom getter of mixed precision: a half-precision variable is created (or reused) as float32 under its
-  own name, so checkpoints are the same as float32 training's, and read as a cast to the half type."""
-  if dtype in HALF_DTYPES:
-    return tf.cast(getter(name, shape, tf.float32, *args, **kwargs), dtype)
-  return getter(name, shape, dtype, *args, **kwargs)
 
 
 def segmentation_loss(logits, labels, num_classes, ignore_label, classification_loss_fn, upsample_logits, name):
@@ -228,7 +222,7 @@ class SegmentationModel(object):
       'end_points'; see the model's module docstring.
     """
     if preprocessed_inputs.dtype.base_dtype in HALF_DTYPES:
-      with tf.variable_scope(tf.get_variable_scope(), custom_getter=float32_variable_getter):
+      with tf.variable_scope(tf.get_variable_scope(), custom_getter=mixed_precision.float32_variable_getter):
         return self._predict(preprocessed_inputs, reuse)
     return self._predict(preprocessed_inputs, reuse)
 

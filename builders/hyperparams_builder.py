@@ -10,6 +10,7 @@ padding as in TF-Slim's `resnet_arg_scope`, which the public ResNet checkpoints 
 """
 
 from libs import batch_norm as batch_norm_lib
+from libs import mixed_precision
 from libs.compat import slim
 from libs.compat import tf
 from libs.config_errors import ConfigError
@@ -122,7 +123,9 @@ def build(config, is_training, field_path='model.pspnet.hyperparams'):
     raise ValueError('config must be a hyperparams_pb2.Hyperparams, got %s' % type(config).__name__)
   regularizer = None
   if config.HasField('regularizer'):
-    regularizer = build_regularizer(config.regularizer, field_path + '.regularizer')
+    # In float32 also for the half-precision weight reads of mixed-precision training.
+    regularizer = mixed_precision.float32_regularizer(
+        build_regularizer(config.regularizer, field_path + '.regularizer'))
   if config.HasField('initializer'):
     initializer = build_initializer(config.initializer, field_path + '.initializer')
   else:

@@ -11,6 +11,13 @@ moments with `batch_norm { sync_across_clones: true }`). Regularization is added
 
 Losses: total = main + aux (each already weighted by the model) + regularization, each counted once.
 
+Mixed precision (train_config.mixed_precision, builders/mixed_precision_builder.py): each clone casts its
+preprocessed images to float16 or bfloat16, so the network runs in that type while its variables stay float32
+under the same names (cast where they are read, architectures/segmentation_model.py); batch norm keeps float32
+statistics (and float32 moments when synchronized) and the losses are float32. float16 scales the loss before
+backprop and skips steps with non-finite gradients (libs/loss_scale.py); the batch-norm moving averages of a
+skipped step are still updated (from its finite forward pass).
+
 Distributed (between-graph replication on TensorFlow's gRPC runtime, see libs/cluster.py): every worker builds
 the same graph with variables placed on the parameter servers by a replica device setter; the chief (worker 0,
 or the 'chief' task of TF_CONFIG) initialises or restores the variables and alone writes checkpoints and
@@ -25,6 +32,7 @@ import time
 
 from builders import dataset_builder
 from builders import eval_input_builder
+from builders import mixed_precision_builder
 from builders import model_builder
 from builders import optimizer_builder
 from builders import preprocessor_builder
@@ -116,8 +124,13 @@ def validate_options(options):
     raise ConfigError('max_steps', options.max_steps, 'must be > 0 (None: no limit)')
 
 
-def validate_train_config(pipeline_config, num_clones):
+def validate_train_config(pipeline_config, num_clones, sync_replicas=False):
   """Cross-field checks of the training setup (field errors are raised by the builders).
+
+  Args:
+    pipeline_config: pipeline_pb2.PipelineConfig.
+    num_clones: clones of this process.
+    sync_replicas: distributed training with synchronous gradient aggregation (--sync_replicas).
 
   Raises:
     ConfigError: for an invalid value.
@@ -146,6 +159,11 @@ def validate_train_config(pipeline_config, num_clones):
   if train_config.recompute_backbone_blocks > num_blocks:
     raise ConfigError('train_config.recompute_backbone_blocks', train_config.recompute_backbone_blocks,
                       'allowed: 0 (keep every activation) to %d (the backbone\'s blocks)' % num_blocks)
+  mixed_precision = mixed_precision_builder.build(train_config)
+  if sync_replicas and mixed_precision.loss_scale_config is not None:
+    raise ConfigError('train_config.mixed_precision', 'float16',
+                      'not with --sync_replicas (a worker skipping an overflowed step would stall the '
+                      'synchronous aggregation); use "bfloat16", or asynchronous replicas')
   _check_crop_fits_eval_pad(pipeline_config)
 
 
@@ -193,9 +211,11 @@ def _split_batch(batch, num_clones):
 
 class _Graph(collections.namedtuple('_Graph', [
     'train_op', 'global_step', 'total_loss', 'losses', 'learning_rate', 'summary_op', 'model',
-    'batch_size', 'update_ops', 'optimizer'])):
+    'batch_size', 'update_ops', 'optimizer', 'loss_scale', 'grads_finite'])):
   """Tensors of a training graph. train_op returns the global step after the update; update_ops are the
-  batch-norm moving-average updates it runs; optimizer is the (possibly SyncReplicas-wrapped) optimizer."""
+  batch-norm moving-average updates it runs; optimizer is the (possibly SyncReplicas-wrapped) optimizer;
+  loss_scale (float32 [], the scale the step's loss was multiplied by) and grads_finite (bool [], whether the
+  step's update was applied) are set with float16 mixed precision, None otherwise."""
 
 
 def build_training_graph(pipeline_config, options):
@@ -210,6 +230,7 @@ def build_training_graph(pipeline_config, options):
   num_classes = model_builder.num_classes(model_config)
   ignore_label = model_builder.ignore_label(model_config)
   synchronized = model_builder.sync_batch_norm(model_config) and num_clones > 1
+  mixed_precision = mixed_precision_builder.build(train_config)
 
   global_step = tf.train.get_or_create_global_step()
   batch = build_input(pipeline_config, num_classes, ignore_label)
@@ -223,11 +244,14 @@ def build_training_graph(pipeline_config, options):
       optimizer = tf.train.SyncReplicasOptimizer(
           optimizer, replicas_to_aggregate=options.cluster.num_replicas,
           total_num_replicas=options.cluster.num_replicas)
+    loss_scale = mixed_precision.make_loss_scale()
 
   def clone_fn(index):
     model = model_builder.build(model_config, is_training=True)
-    predictions = model.predict(model.preprocess(clone_batches[index][fields.image]),
-                                reuse=True if index else None)
+    inputs = model.preprocess(clone_batches[index][fields.image])
+    if mixed_precision.enabled:
+      inputs = tf.cast(inputs, mixed_precision.compute_dtype, name='MixedPrecisionInputs')
+    predictions = model.predict(inputs, reuse=True if index else None)
     head_losses = model.loss(predictions, clone_batches[index][fields.labels_class])
     return model, predictions, head_losses, tf.add_n(list(head_losses.values()), name='clone_loss')
 
@@ -235,7 +259,9 @@ def build_training_graph(pipeline_config, options):
   main_model, main_predictions, main_head_losses, _ = clones[0].outputs
   clone_losses = [clone.outputs[3] for clone in clones]
 
-  regularization = tf.losses.get_regularization_losses()
+  # The first clone's: with mixed precision every clone's half-precision weight reads add their own (equal)
+  # regularization terms (libs/mixed_precision.py); with float32 only the first clone adds them.
+  regularization = tf.losses.get_regularization_losses(clones[0].scope or None)
   with tf.name_scope('Losses'):
     reg_loss = tf.add_n(regularization) if (regularization and train_config.add_regularization_loss) \
         else tf.constant(0.0)
@@ -244,17 +270,27 @@ def build_training_graph(pipeline_config, options):
   trainable = tf.trainable_variables()
   if train_config.freeze_fine_tune_backbone:
     trainable = [v for v in trainable if not v.op.name.startswith(backbone_prefix)]
+  grad_reg_loss = reg_loss if train_config.add_regularization_loss and regularization else None
+  grad_losses = clone_losses
+  if loss_scale is not None:
+    with tf.name_scope('LossScale'):
+      grad_losses = [loss_scale.scale(loss) for loss in clone_losses]
+      grad_reg_loss = loss_scale.scale(grad_reg_loss) if grad_reg_loss is not None else None
   grads_and_vars = deployment.clone_gradients(
-      clones, clone_losses, trainable,
-      regularization_loss=reg_loss if train_config.add_regularization_loss and regularization else None,
+      clones, grad_losses, trainable, regularization_loss=grad_reg_loss,
       gradients_fn=_gradients_fn(train_config, options, main_model), synchronized=synchronized)
 
   # Moving averages of batch norm come from the first clone only (model_deploy's convention); with a frozen
   # backbone its statistics stay as restored.
   update_ops = [op for op in tf.get_collection(tf.GraphKeys.UPDATE_OPS, clones[0].scope or None)
                 if not (train_config.freeze_fine_tune_backbone and backbone_prefix in op.name)]
+  grads_finite = scale_tensor = None
   with deployment.device_scope(variables_device):
-    apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
+    if loss_scale is not None:
+      # Unscaled, applied only when finite; the scale moves (libs/loss_scale.py).
+      apply_op, grads_finite, scale_tensor = loss_scale.apply_gradients(optimizer, grads_and_vars, global_step)
+    else:
+      apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
   with tf.control_dependencies([apply_op] + update_ops):
     # The global step after this update: progress lines and checkpoints carry the step just completed.
     train_op = tf.identity(global_step.read_value(), name='train_op')
@@ -268,9 +304,18 @@ def build_training_graph(pipeline_config, options):
   test_model = model_builder.build(model_config, is_training=False) if options.test_image_summaries else None
   summary_op = summaries.training_summaries(
       total_loss, losses, learning_rate, clone_batches[0], main_predictions, main_model,
-      image_summaries=options.image_summaries, test_model=test_model)
+      image_summaries=options.image_summaries, test_model=test_model, loss_scale=scale_tensor)
+  if mixed_precision.enabled:
+    logger.info('Mixed precision (train_config.mixed_precision: "%s"): %s activations; float32 weights, '
+                'batch-norm statistics and losses.', mixed_precision.mode, mixed_precision.mode)
+  if loss_scale is not None:
+    scale_config = mixed_precision.loss_scale_config
+    logger.info('Loss scale %g at the start (or as resumed), %s; steps with non-finite gradients are skipped.',
+                scale_config.initial_scale,
+                'doubled after %d finite steps, halved on overflow' % scale_config.growth_steps
+                if scale_config.dynamic else 'fixed (train_config.loss_scale.dynamic: false)')
   return _Graph(train_op, global_step, total_loss, losses, learning_rate, summary_op, main_model,
-                train_config.batch_size, update_ops, optimizer)
+                train_config.batch_size, update_ops, optimizer, scale_tensor, grads_finite)
 
 
 def _gradients_fn(train_config, options, model):
@@ -304,9 +349,16 @@ class _Progress(object):
     self._batch_size = batch_size
     self._num_examples = num_examples
     self._times = collections.deque(maxlen=20)
+    self._loss_scale = None
+    self._skipped = 0
 
   def record(self, seconds):
     self._times.append(seconds)
+
+  def record_loss_scale(self, scale, finite):
+    """float16 training: the loss scale of the step, and whether its update was applied."""
+    self._loss_scale = scale
+    self._skipped += 0 if finite else 1
 
   def line(self, step, loss, learning_rate):
     sec = sum(self._times) / max(1, len(self._times))
@@ -318,6 +370,9 @@ class _Progress(object):
              '%.1f img/s' % (self._batch_size / sec if sec > 0 else 0.0)]
     if self._num_examples:
       parts.append('epoch %.2f' % (step * self._batch_size / float(self._num_examples)))
+    if self._loss_scale is not None:
+      parts.append('loss scale %g' % self._loss_scale + (' (%d steps skipped)' % self._skipped
+                                                         if self._skipped else ''))
     if self._num_steps and not past:
       parts.append('ETA %s' % _format_seconds(max(0, self._num_steps - step) * sec))
     return ', '.join(parts)
@@ -486,7 +541,8 @@ def train(pipeline_config, logdir, options=None, config_path=None):
   cluster = options.cluster
   is_chief = cluster is None or cluster.is_chief
   with config_util.naming_config_file(config_path):
-    validate_train_config(pipeline_config, options.num_clones)
+    validate_train_config(pipeline_config, options.num_clones,
+                          sync_replicas=cluster is not None and cluster.sync_replicas)
     train_config = pipeline_config.train_config
     # Lock (chief), resume point among the logdir's own readable checkpoints, config check, left-overs removed.
     run_dir = train_dir.prepare(logdir, pipeline_config, is_chief)
@@ -559,10 +615,13 @@ def train(pipeline_config, logdir, options=None, config_path=None):
                     ' to %d' % train_config.num_steps if train_config.num_steps else '',
                     options.log_every_n_steps, logdir)
       steps_run = 0
+      fetches = {'step': g.train_op, 'loss': g.total_loss, 'lr': g.learning_rate}
+      if g.loss_scale is not None:
+        fetches.update(loss_scale=g.loss_scale, finite=g.grads_finite)
       while not sess.should_stop() and not stop.requested:
         start = time.time()
         try:
-          out = sess.run({'step': g.train_op, 'loss': g.total_loss, 'lr': g.learning_rate})
+          out = sess.run(fetches)
         except tf.errors.OutOfRangeError:
           if not steps_run:
             raise dataset_builder.no_batch_error(
@@ -577,6 +636,11 @@ def train(pipeline_config, logdir, options=None, config_path=None):
         if not math.isfinite(out['loss']):
           raise FloatingPointError('Loss became %r at step %d; the last checkpoint in %s is the last good state '
                                    '(lower the learning rate?)' % (out['loss'], step, logdir))
+        if 'finite' in out:
+          progress.record_loss_scale(out['loss_scale'], out['finite'])
+          if not out['finite']:
+            logger.warning('Step %d: float16 gradients overflowed (inf or NaN) at loss scale %g; update skipped%s.',
+                           step, out['loss_scale'], ', scale halved' if train_config.loss_scale.dynamic else '')
         if steps_run == 1 or step % options.log_every_n_steps == 0 or sess.should_stop() or stop.requested:
           logger.info(progress.line(step, out['loss'], out['lr']))
         if options.step_callback is not None:

@@ -52,7 +52,7 @@ def _image_triplet(prefix, images, labels, predictions, num_classes, ignore_labe
 
 
 def training_summaries(total_loss, losses, learning_rate, batch, predictions, model, image_summaries,
-                       test_model=None):
+                       test_model=None, loss_scale=None):
   """Builds the merged training summary op.
 
   Args:
@@ -65,11 +65,14 @@ def training_summaries(total_loss, losses, learning_rate, batch, predictions, mo
     image_summaries: add input / ground truth / prediction images of the training batch.
     test_model: None, or the model object in inference mode: add the same images for it (reusing the
       training weights) on the first image of the batch.
+    loss_scale: None, or float16 training's loss scale (scalar): logged as LossScale.
 
   Returns:
     A merged summary op.
   """
   ops = [tf.summary.scalar('Losses/TotalLoss', total_loss), tf.summary.scalar('LearningRate', learning_rate)]
+  if loss_scale is not None:
+    ops.append(tf.summary.scalar('LossScale', loss_scale))
   ops += [tf.summary.scalar(LOSS_TAGS[name], value) for name, value in sorted(losses.items())
           if name in LOSS_TAGS]
   images, labels = batch[fields.image], batch[fields.labels_class]

@@ -127,7 +127,7 @@ def assert_close_to_scale(actual, expected, tolerance):
     assert error <= tolerance * np.abs(value).max() + 1e-7, (name, error, np.abs(value).max())
 
 
-def assert_steps_equal(reference, candidate, num_steps=3, tolerance=3e-5):
+def assert_steps_equal(reference, candidate, num_steps=3, tolerance=3e-5, loss_rtol=1e-6):
   """Runs num_steps steps of two StepRunners, each step from the state the reference reached, and asserts equal
   losses and updated variables. Returns (initial values, values after the last step).
 
@@ -141,7 +141,7 @@ def assert_steps_equal(reference, candidate, num_steps=3, tolerance=3e-5):
   for step in range(num_steps):
     reference_loss, reference_next = reference.step(state)
     candidate_loss, candidate_next = candidate.step(state)
-    np.testing.assert_allclose(candidate_loss, reference_loss, rtol=1e-6, err_msg='step %d' % step)
+    np.testing.assert_allclose(candidate_loss, reference_loss, rtol=loss_rtol, err_msg='step %d' % step)
     assert_close_to_scale(candidate_next, reference_next, tolerance)
     state = reference_next
   return initial, state
