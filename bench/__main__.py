@@ -5,6 +5,7 @@ r"""Benchmarks of the toolkit: `python -m bench [SECTION ...] [--quick] [--out D
     python -m bench inference train     # some sections
     python -m bench compare --config_path A --config_path B [--eval_dir EA --eval_dir EB] [--checkpoint CA
         --checkpoint CB] [--input_shape 1024,2048] [--quick]   # models side by side (flags: bench/compare.py)
+    python -m bench gpu [--budget_s 450]  # the GPU check, under 8 minutes on a GPU machine (bench/gpu.py)
 
 Sections (each measured in fresh worker processes, see bench/common.py):
   peak       the machine's measured dense peak: large fp32/bf16 matmuls and 3x3 convs through TensorFlow
@@ -15,6 +16,9 @@ Sections (each measured in fresh worker processes, see bench/common.py):
              a crop sweep (bench/train_speed.py)
   input      the training input pipeline alone, and its share of the training step (bench/input_pipeline.py)
   eval       evaluation throughput and metric overhead (bench/eval_speed.py)
+  gpu        (on its own, not part of all) the GPU check for a short lease of a GPU machine: device tests,
+             training step time and GPU memory per precision and setting, inference latency, largest batch
+             (python -m bench gpu [--budget_s 450] [--quick] [--allow_cpu], flags: bench/gpu.py)
   compare    (on its own, not part of all) parameters, MACs, interleaved latency, memory and mIoU of several
              configs, beside the original toolkit's published figures (bench/compare.py)
 
@@ -30,9 +34,16 @@ import shutil
 import sys
 import tempfile
 
-from bench import common
+from libs import cli
+
+# TensorFlow's C++ start-up notices (oneDNN, absl) would precede the bench's own lines (and `bench gpu`'s one
+# error line without a GPU).
+cli.import_tensorflow_quietly()
+
+from bench import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench import compare
 from bench import eval_speed
+from bench import gpu
 from bench import inference_speed
 from bench import input_pipeline
 from bench import model_figures
@@ -67,6 +78,8 @@ def parse_args(argv):
   if 'compare' in unknown:
     parser.error('compare runs on its own, with its own flags: python -m bench compare --config_path A '
                  '--config_path B ... (see bench/compare.py)')
+  if 'gpu' in unknown:
+    parser.error('gpu runs on its own, with its own flags: python -m bench gpu [--budget_s S] (see bench/gpu.py)')
   if unknown:
     parser.error('unknown section(s) %s; choose all or any of: %s' % (', '.join(unknown), ', '.join(SECTIONS)))
   args.sections = list(SECTIONS) if 'all' in args.sections else [s for s in SECTIONS if s in args.sections]
@@ -177,6 +190,8 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   if argv[:1] == ['compare']:
     return compare.main(argv[1:])
+  if argv[:1] == ['gpu']:
+    return gpu.main(argv[1:])
   args = parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   suffix = ('' if args.sections == list(SECTIONS) else '_' + '_'.join(args.sections)) + (

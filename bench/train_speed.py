@@ -35,7 +35,7 @@ SEED_CHECKPOINT_NODES = list(pspnet_architecture.SEED_CHECKPOINT_NODES)
 # default) is the process-wide option on top: 'off' runs in a worker of its own with TensorFlow's default
 # allocator.
 SPEED_OFF = collections.OrderedDict(native_atrous=False, low_memory_grads=False, recompute_blocks=0, intra=0,
-                                    inter=0, grappler=True)
+                                    inter=0, grappler=True, mixed_precision='none')
 SPEED_ON = collections.OrderedDict(native_atrous=False, low_memory_grads=True, recompute_blocks=3, intra=0,
                                    inter=0, grappler=True)
 
@@ -50,8 +50,11 @@ def _variant(name, input_mode='memory', gradients=None, **speed):
 
 
 @contextlib.contextmanager
-def _in_memory_input(crop, seed=0):
-  """Replaces trainer.build_input (while building) with one random batch repeated from memory."""
+def _in_memory_input(crop, seed=0, generated=False):
+  """Replaces trainer.build_input (while building) with one random batch repeated from memory.
+
+  generated: the batch is drawn once by random ops in the input pipeline (on the CPU) and cached, instead of
+  being held as a graph constant (large batches: no constant of batch x crop^2 x 3 floats in the GraphDef)."""
   from drivers import trainer  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   from libs.standard_fields import InputDataFields as fields  # pylint: disable=import-outside-toplevel
@@ -59,12 +62,18 @@ def _in_memory_input(crop, seed=0):
   def build_input(pipeline_config, num_classes, ignore_label):
     del ignore_label
     batch = pipeline_config.train_config.batch_size
-    rng = np.random.RandomState(seed)
     with tf.device('/cpu:0'):
-      dataset = tf.data.Dataset.from_tensors({
-          fields.image: rng.uniform(0, 255, [batch, crop, crop, 3]).astype(np.float32),
-          fields.labels_class: rng.randint(0, num_classes, [batch, crop, crop, 1]).astype(np.uint8),
-      }).repeat()
+      if generated:
+        dataset = tf.data.Dataset.range(1).map(lambda _: {
+            fields.image: tf.random.uniform([batch, crop, crop, 3], 0, 255, seed=seed),
+            fields.labels_class: tf.cast(tf.random.uniform([batch, crop, crop, 1], 0, num_classes, tf.int32,
+                                                           seed=seed + 1), tf.uint8)}).cache().repeat()
+      else:
+        rng = np.random.RandomState(seed)
+        dataset = tf.data.Dataset.from_tensors({
+            fields.image: rng.uniform(0, 255, [batch, crop, crop, 3]).astype(np.float32),
+            fields.labels_class: rng.randint(0, num_classes, [batch, crop, crop, 1]).astype(np.uint8),
+        }).repeat()
       return tf.data.make_one_shot_iterator(dataset).get_next()
 
   original = trainer.build_input
@@ -81,6 +90,7 @@ def _pipeline_config(spec, variant):
           'true' if variant['native_atrous'] else 'false', 'true' if variant['low_memory_grads'] else 'false'))
   config.train_config.batch_size = spec['batch']
   config.train_config.recompute_backbone_blocks = variant['recompute_blocks']
+  config.train_config.mixed_precision = variant.get('mixed_precision', 'none')
   for step in config.train_config.preprocessor_step:
     if step.HasField('random_image_crop'):
       step.random_image_crop.crop_height = step.random_image_crop.crop_width = spec['crop']
@@ -107,7 +117,8 @@ def _build(spec, variant):
   with graph.as_default():
     tf.set_random_seed(0)
     options = trainer.default_options(gradients_fn=_gradients_fn(variant['gradients']))
-    context = _in_memory_input(spec['crop']) if variant['input'] == 'memory' else contextlib.nullcontext()
+    context = (_in_memory_input(spec['crop'], generated=variant['input'] == 'generated')
+               if variant['input'] in ('memory', 'generated') else contextlib.nullcontext())
     with context:
       g = trainer.build_training_graph(config, options)
     forward = [op for op in graph.get_operations() if not op.name.startswith('gradients')]

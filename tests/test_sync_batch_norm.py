@@ -12,18 +12,19 @@ DECAY = 0.9
 
 
 def _network(images, sync):
-  """conv -> BN -> relu -> conv -> BN -> relu -> conv: [N, 8, 8, 2] float64 -> [N, 8, 8, 2]."""
+  """conv -> BN -> relu -> conv -> BN -> relu -> conv: [N, 8, 8, 2] -> [N, 8, 8, 2], in the images' dtype."""
   params = {'decay': DECAY, 'scale': True, 'epsilon': 1e-5, 'is_training': True,
             'sync_across_clones': sync}
   with slim.arg_scope([slim.conv2d], normalizer_fn=batch_norm_lib.batch_norm, normalizer_params=params,
-                      weights_initializer=tf.truncated_normal_initializer(stddev=0.5, seed=1, dtype=tf.float64)):
+                      weights_initializer=tf.truncated_normal_initializer(stddev=0.5, seed=1, dtype=images.dtype)):
     net = slim.conv2d(images, 4, 3, scope='conv1')
     net = slim.conv2d(net, 5, 3, scope='conv2')
     return slim.conv2d(net, 2, 1, activation_fn=None, normalizer_fn=None, scope='out')
 
 
-def _run(images_value, targets_value, num_clones, sync):
-  """Builds num_clones clones over the split batch; returns outputs, loss, gradients and moving stats."""
+def run_clones(images_value, targets_value, num_clones, sync, device='/cpu:%d'):
+  """Builds num_clones clones over the split batch, clone i on `device % i` (tests/test_gpu.py: '/gpu:0');
+  returns outputs, loss, gradients and moving stats."""
   with tf.Graph().as_default():
     images = tf.constant(images_value)
     targets = tf.constant(targets_value)
@@ -33,7 +34,8 @@ def _run(images_value, targets_value, num_clones, sync):
     outputs, losses = [], []
     for i in range(num_clones):
       with tf.name_scope('clone_%d' % i if num_clones > 1 else None):
-        with syncer.clone(i, device='/cpu:%d' % i), tf.device('/cpu:%d' % i):
+        clone_device = device % i if '%' in device else device
+        with syncer.clone(i, device=clone_device), tf.device(clone_device):
           with tf.variable_scope(tf.get_variable_scope(), reuse=True if i else None):
             out = _network(split_images[i], sync)
             outputs.append(out)
@@ -66,11 +68,11 @@ def data():
 
 @pytest.fixture(scope='module')
 def joint(data):
-  return _run(*data, num_clones=1, sync=False)
+  return run_clones(*data, num_clones=1, sync=False)
 
 
 def test_two_synchronized_clones_equal_one_clone_with_the_whole_batch(data, joint):
-  out, loss, grads, moving = _run(*data, num_clones=2, sync=True)
+  out, loss, grads, moving = run_clones(*data, num_clones=2, sync=True)
   ref_out, ref_loss, ref_grads, ref_moving = joint
   np.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-10)
   assert loss == pytest.approx(ref_loss, rel=1e-12)
@@ -83,7 +85,7 @@ def test_two_synchronized_clones_equal_one_clone_with_the_whole_batch(data, join
 
 
 def test_unsynchronized_clones_differ_from_the_whole_batch(data, joint):
-  out, loss, _, moving = _run(*data, num_clones=2, sync=False)
+  out, loss, _, moving = run_clones(*data, num_clones=2, sync=False)
   ref_out, ref_loss, _, ref_moving = joint
   assert np.abs(out - ref_out).max() > 1e-2
   assert abs(loss - ref_loss) > 1e-3
@@ -93,7 +95,7 @@ def test_unsynchronized_clones_differ_from_the_whole_batch(data, joint):
 
 
 def test_one_clone_sync_is_plain_batch_norm(data, joint):
-  out, loss, _, _ = _run(*data, num_clones=1, sync=True)
+  out, loss, _, _ = run_clones(*data, num_clones=1, sync=True)
   np.testing.assert_allclose(out, joint[0], rtol=0, atol=1e-12)
   assert loss == pytest.approx(joint[1], rel=1e-12)
 
