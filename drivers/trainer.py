@@ -371,8 +371,8 @@ class _Progress(object):
     if self._num_examples:
       parts.append('epoch %.2f' % (step * self._batch_size / float(self._num_examples)))
     if self._loss_scale is not None:
-      parts.append('loss scale %g' % self._loss_scale + (' (%d steps skipped)' % self._skipped
-                                                         if self._skipped else ''))
+      parts.append('loss scale %g' % self._loss_scale + (' (%d step%s skipped)' % (
+          self._skipped, '' if self._skipped == 1 else 's') if self._skipped else ''))
     if self._num_steps and not past:
       parts.append('ETA %s' % _format_seconds(max(0, self._num_steps - step) * sec))
     return ', '.join(parts)
