@@ -192,16 +192,17 @@ def training_graph_outputs(model_config):
                 forward=forward)
 
 
-def random_weights_inference_session(model_config, size, compute_dtype=None):
+def random_weights_inference_session(model_config, size, compute_dtype=None, config=None):
   """(session, endpoints, logits tensor) of drivers/inference_graph's inference graph of model_config for one
-  uint8 image of size [height, width], with random weights (randomize_variables)."""
+  uint8 image of size [height, width], with random weights (randomize_variables); config: the session's
+  optional tf.ConfigProto."""
   from drivers import inference_graph  # pylint: disable=import-outside-toplevel
   graph = tf.Graph()
   with graph.as_default():
     endpoints = inference_graph.build_inference_graph(inference_graph.build_inference_model(model_config),
                                                       [1] + list(size) + [3], size, compute_dtype=compute_dtype)
     logits = graph.get_operation_by_name('Postprocessor/ArgMax').inputs[0]
-    sess = tf.Session(graph=graph)
+    sess = tf.Session(graph=graph, config=config)
     sess.run(tf.global_variables_initializer())
     randomize_variables(sess, tf.global_variables())
   return sess, endpoints, logits
