@@ -30,6 +30,8 @@ LOAD_BATCH_BYTES = 32 * 2**20
 VARIABLE_SUFFIX = '/FrozenValue'
 LOAD_SCOPE = 'FrozenValueLoad'
 _FLOAT_TYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+# TensorFlow's CPU tensors are aligned to 64 bytes (EIGEN_MAX_ALIGN_BYTES on AVX-512 builds).
+_ALIGNMENT = 64
 
 
 def freeze(sess, graph_def, output_names):
@@ -47,11 +49,26 @@ def freeze(sess, graph_def, output_names):
 
 
 def read_graph_def(path):
-  """The tf.GraphDef of a binary .pb file (a frozen graph)."""
+  """The tf.GraphDef of a local binary .pb file (a frozen graph).
+
+  Read with Python's open rather than tf.io.gfile.GFile, whose read() holds the file twice (a C++ string and
+  its Python copy) while the GraphDef is parsed: a third copy of the weights at the peak."""
   graph_def = tf.GraphDef()
-  with tf.io.gfile.GFile(path, 'rb') as f:
+  with open(path, 'rb') as f:
     graph_def.ParseFromString(f.read())
   return graph_def
+
+
+def _aligned_copy(content, dtype, shape):
+  """A writable copy of the bytes `content` as an array of dtype and shape whose data starts at a multiple of
+  _ALIGNMENT bytes. TensorFlow feeds such an array without copying it, and the variable assigned from the feed
+  keeps that buffer; an unaligned array is copied into the CPU allocator, whose chunks freed after the fill
+  left holes there that the first run's activations did not reuse (resident memory +80 MB on PSPNet50)."""
+  raw = np.empty(len(content) + _ALIGNMENT, np.uint8)
+  start = -raw.ctypes.data % _ALIGNMENT
+  array = raw[start:start + len(content)].view(dtype)
+  array[...] = np.frombuffer(content, dtype)
+  return array.reshape(shape)
 
 
 def constants_to_variables(graph_def, min_bytes=MIN_VARIABLE_BYTES):
@@ -67,7 +84,7 @@ def constants_to_variables(graph_def, min_bytes=MIN_VARIABLE_BYTES):
 
   Returns:
     List of (variable name, np.ndarray value of the variable's dtype and shape) in graph order; the arrays are
-    read-only views of bytes copied out of graph_def.
+    copies, aligned so that a session can take them over without another copy.
 
   Raises:
     ValueError: a node named X + VARIABLE_SUFFIX exists already.
@@ -87,7 +104,7 @@ def constants_to_variables(graph_def, min_bytes=MIN_VARIABLE_BYTES):
       raise ValueError('cannot move constant %s into a variable: the graph already has a node named %s'
                        % (node.name, variable))
     shape = tensor_shape.TensorShape(tensor.tensor_shape)
-    moved.append((variable, np.frombuffer(content, dtype=dtype.as_numpy_dtype).reshape(shape.as_list())))
+    moved.append((variable, _aligned_copy(content, dtype.as_numpy_dtype, shape.as_list())))
     del content
     node.op = 'ReadVariableOp'
     node.ClearField('attr')
