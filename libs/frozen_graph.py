@@ -9,6 +9,8 @@ into variables before the import, so every one of those copies is of a graph wit
 variables afterwards a slice at a time. The file on disk stays a plain frozen graph.
 """
 # pylint: disable=g-direct-tensorflow-import,g-bad-import-order
+import ctypes
+
 import numpy as np
 
 from libs.compat import tf
@@ -61,14 +63,22 @@ def read_graph_def(path):
 
 def _aligned_copy(content, dtype, shape):
   """A writable copy of the bytes `content` as an array of dtype and shape whose data starts at a multiple of
-  _ALIGNMENT bytes. TensorFlow feeds such an array without copying it, and the variable assigned from the feed
-  keeps that buffer; an unaligned array is copied into the CPU allocator, whose chunks freed after the fill
-  left holes there that the first run's activations did not reuse (resident memory +80 MB on PSPNet50)."""
+  _ALIGNMENT bytes: TensorFlow feeds such an array without copying it (an unaligned one it first copies into its
+  CPU allocator, and those copies, freed after the fill, leave holes among the variables)."""
   raw = np.empty(len(content) + _ALIGNMENT, np.uint8)
   start = -raw.ctypes.data % _ALIGNMENT
   array = raw[start:start + len(content)].view(dtype)
   array[...] = np.frombuffer(content, dtype)
   return array.reshape(shape)
+
+
+def _release_freed_heap():
+  """Returns the C heap that parsing the GraphDef freed to the system (glibc keeps it otherwise, and the first
+  run's activations then come on top of it); nothing where the C library has no malloc_trim."""
+  try:
+    ctypes.CDLL(None).malloc_trim(0)
+  except (AttributeError, OSError):
+    pass
 
 
 def constants_to_variables(graph_def, min_bytes=MIN_VARIABLE_BYTES):
@@ -84,7 +94,7 @@ def constants_to_variables(graph_def, min_bytes=MIN_VARIABLE_BYTES):
 
   Returns:
     List of (variable name, np.ndarray value of the variable's dtype and shape) in graph order; the arrays are
-    copies, aligned so that a session can take them over without another copy.
+    copies, aligned so that a session is fed them without another copy.
 
   Raises:
     ValueError: a node named X + VARIABLE_SUFFIX exists already.
@@ -123,12 +133,14 @@ def load_session(path, session_config=None, min_bytes=MIN_VARIABLE_BYTES, batch_
 
   The large float constants become variables (constants_to_variables); the graph, now small, is imported and
   the variables are filled through placeholders, batch_bytes of values per session run, each value dropped
-  once assigned, so that at most about one copy of the weights is resident besides the parse. Every tensor
+  once assigned. Each value is copied once into TensorFlow's allocator (DeepCopy) and the variable keeps that
+  buffer, as a SavedModel's restore op gives its variables theirs: variables left holding the fed numpy
+  buffers made the first run's activations take more resident memory (bench/results/README.md). Every tensor
   keeps its name (`inputs:0`, `predictions:0`, ...), dtype and static shape, and the predictions are those of
   the checkpoint graph the frozen graph was made from (its weights are read from variables, as there).
 
-  The graph also holds the filling ops (placeholders and AssignVariableOps under LOAD_SCOPE/); they are not
-  needed again.
+  The graph also holds the filling ops (placeholders, DeepCopy and AssignVariableOps under LOAD_SCOPE/); they
+  are not needed again.
 
   Args:
     path: a binary GraphDef file, e.g. frozen_inference_graph.pb of drivers/exporter.py.
@@ -152,11 +164,12 @@ def load_session(path, session_config=None, min_bytes=MIN_VARIABLE_BYTES, batch_
       variable, value = moved.pop(0)
       placeholder = tf.placeholder(value.dtype, value.shape)
       batch.append(tf.raw_ops.AssignVariableOp(resource=graph.get_tensor_by_name(variable + ':0'),
-                                               value=placeholder))
+                                               value=tf.raw_ops.DeepCopy(x=placeholder)))
       feed[placeholder] = value
       size += value.nbytes
       del value
       if size >= batch_bytes or not moved:
         sess.run(batch, feed)
         batch, feed, size = [], {}, 0
+  _release_freed_heap()
   return sess, graph
