@@ -94,6 +94,43 @@ def session_config(intra_op_threads=0, inter_op_threads=0, grappler=True):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Exported models.
+
+# How an export of drivers/exporter.py is loaded: the frozen graph through libs/frozen_graph.load_session (its
+# weights in variables), the frozen graph through a plain tf.import_graph_def (its weights as constants), or the
+# SavedModel through the TF1 loader (as TF Serving loads it).
+EXPORT_SOURCES = ('frozen', 'frozen_import', 'saved_model')
+
+
+def load_export(source, export_dir, config=None):
+  """(session, input tensor, predictions tensor, graph) of one export loaded as `source` (EXPORT_SOURCES)."""
+  # pylint: disable=import-outside-toplevel
+  from drivers import exporter
+  from libs import frozen_graph
+  from libs.compat import tf
+  # pylint: enable=import-outside-toplevel
+  if source not in EXPORT_SOURCES:
+    raise ValueError('source = %r; choose one of %s' % (source, ', '.join(EXPORT_SOURCES)))
+  frozen_path = os.path.join(export_dir, exporter.FROZEN_GRAPH_NAME)
+  if source == 'frozen':
+    sess, graph = frozen_graph.load_session(frozen_path, config)
+  else:
+    graph = tf.Graph()
+    with graph.as_default():
+      if source == 'frozen_import':
+        tf.import_graph_def(frozen_graph.read_graph_def(frozen_path), name='')
+      sess = tf.Session(graph=graph, config=config)
+      if source == 'saved_model':
+        meta_graph = tf.saved_model.loader.load(sess, [tf.saved_model.tag_constants.SERVING],
+                                                os.path.join(export_dir, exporter.SAVED_MODEL_DIR))
+        signature = meta_graph.signature_def[exporter.SIGNATURE_NAME]
+        return (sess, graph.get_tensor_by_name(signature.inputs[exporter.INPUT_NAME].name),
+                graph.get_tensor_by_name(signature.outputs[exporter.OUTPUT_NAME].name), graph)
+  return (sess, graph.get_tensor_by_name(exporter.INPUT_NAME + ':0'),
+          graph.get_tensor_by_name(exporter.OUTPUT_NAME + ':0'), graph)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Timing.
 
 

@@ -5,7 +5,8 @@ One worker process per resolution:
   2. drivers/exporter.export writes the frozen graph and the SavedModel from it, for each compute dtype, exactly as
      export.py does;
   3. every variant gets its own session: the checkpoint graph (inference_graph.build_inference_graph + restore), the
-     frozen graph (imported GraphDef) and the SavedModel (loaded with the TF1 loader, as TF Serving does);
+     frozen graph (libs/frozen_graph.load_session, its weights in variables; bench/frozen_memory.py compares it
+     with a plain tf.import_graph_def) and the SavedModel (loaded with the TF1 loader, as TF Serving does);
   4. all variants are timed interleaved on the same random uint8 image (common.interleaved), and each
      variant's predictions are compared with the fp32 checkpoint graph's (share of equal pixels).
 
@@ -77,37 +78,22 @@ def _random_checkpoint(model_config, size, directory):
 def _session(variant, model_config, size, checkpoint, exports):
   """(session, input tensor, predictions tensor, graph) of one variant."""
   from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
-  from drivers import exporter  # pylint: disable=import-outside-toplevel
   from drivers import inference_graph  # pylint: disable=import-outside-toplevel
   from libs import checkpoint_utils  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
   config = common.session_config(variant['intra'], variant['inter'], variant['grappler'])
+  if variant['source'] != 'checkpoint':
+    return common.load_export(variant['source'], exports[variant['dtype']], config)
   graph = tf.Graph()
   with graph.as_default():
-    if variant['source'] == 'checkpoint':
-      model_config = type(model_config).FromString(model_config.SerializeToString())
-      text_format.Merge('pspnet { feature_extractor { native_atrous_conv: %s } }'
-                        % ('true' if variant['native_atrous'] else 'false'), model_config)
-      endpoints = inference_graph.build_inference_graph(inference_graph.build_inference_model(model_config),
-                                                 [1] + list(size) + [3], size, compute_dtype=variant['dtype'])
-      sess = tf.Session(graph=graph, config=config)
-      checkpoint_utils.restore_model_variables(sess, checkpoint)
-      return sess, endpoints.inputs, endpoints.predictions, graph
-    export_dir = exports[variant['dtype']]
-    if variant['source'] == 'frozen':
-      graph_def = tf.GraphDef()
-      with open(os.path.join(export_dir, exporter.FROZEN_GRAPH_NAME), 'rb') as f:
-        graph_def.ParseFromString(f.read())
-      tf.import_graph_def(graph_def, name='')
-      sess = tf.Session(graph=graph, config=config)
-      return (sess, graph.get_tensor_by_name(exporter.INPUT_NAME + ':0'),
-              graph.get_tensor_by_name(exporter.OUTPUT_NAME + ':0'), graph)
+    model_config = type(model_config).FromString(model_config.SerializeToString())
+    text_format.Merge('pspnet { feature_extractor { native_atrous_conv: %s } }'
+                      % ('true' if variant['native_atrous'] else 'false'), model_config)
+    endpoints = inference_graph.build_inference_graph(inference_graph.build_inference_model(model_config),
+                                                      [1] + list(size) + [3], size, compute_dtype=variant['dtype'])
     sess = tf.Session(graph=graph, config=config)
-    meta_graph = tf.saved_model.loader.load(sess, [tf.saved_model.tag_constants.SERVING],
-                                            os.path.join(export_dir, exporter.SAVED_MODEL_DIR))
-    signature = meta_graph.signature_def[exporter.SIGNATURE_NAME]
-    return (sess, graph.get_tensor_by_name(signature.inputs[exporter.INPUT_NAME].name),
-            graph.get_tensor_by_name(signature.outputs[exporter.OUTPUT_NAME].name), graph)
+    checkpoint_utils.restore_model_variables(sess, checkpoint)
+  return sess, endpoints.inputs, endpoints.predictions, graph
 
 
 def measure(spec):

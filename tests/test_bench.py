@@ -3,6 +3,7 @@ Speeds themselves are measured by `python -m bench`, never asserted here. The co
 options it times is tested with their modules: native atrous convolution in test_dilated_resnet_v1.py,
 low-memory conv gradients in test_conv_gradients.py, freezing in test_frozen_graph.py, bfloat16
 inference in test_inference_export.py."""
+import collections
 import json
 import os
 import subprocess
@@ -80,6 +81,27 @@ def test_training_benchmark_worker_quick():
       train_speed._variant('memory saving', gradients='units')]))  # pylint: disable=protected-access
   assert _positive(memory['memory']['vmhwm_steps_bytes'])
   assert memory['variants']['memory saving']['losses_finite']
+
+
+def test_frozen_memory_workers_quick(tmp_path):
+  """bench/frozen_memory.py's workers in this process on the tiny model: the export, one source's memory run,
+  the three sources timed interleaved with the same predictions, the ratios and the table."""
+  from bench import frozen_memory  # pylint: disable=import-outside-toplevel
+  base = {'quick': True, 'size': [33, 33], 'export_dir': str(tmp_path / 'export'), 'warmup': 1, 'runs': 1}
+  export = frozen_memory.measure(dict(base, action='export', dir=str(tmp_path)))
+  assert _positive(export['frozen_graph_bytes'])
+  memory = frozen_memory.measure(dict(base, action='memory', source='frozen'))
+  assert 0 <= memory['peak_delta_after_load_bytes'] <= memory['peak_delta_bytes']
+  assert _positive(memory['load_s']) and memory['timing']['runs'] == 1
+  latency = frozen_memory.measure(dict(base, action='latency'))
+  assert list(latency) == list(frozen_memory.SOURCES)
+  for timing in latency.values():
+    assert _positive(timing['best_s']) and timing['equal_pixels_vs_saved_model'] == 1.0
+  results = frozen_memory.add_ratios(collections.OrderedDict([('33x33', {
+      'export': export, 'memory': {source: memory for source in frozen_memory.SOURCES}, 'latency': latency})]))
+  assert results['33x33']['vs_saved_model']['saved_model'] == {'memory': 1.0, 'latency': 1.0}
+  assert isinstance(results['33x33']['targets_met'], bool)
+  assert frozen_memory.table(results).count('| 33x33 |') == 3
 
 
 def test_input_and_evaluation_benchmark_workers(cityscapes_records):
