@@ -204,8 +204,75 @@ def _case(case, runs, warmup):
   return out
 
 
+def _measure_model(spec):
+  """Worker: the whole PSPNet50 inference graph (batch 1, spec['size']), direct against Winograd.
+
+  One random-weights checkpoint (bench/inference_speed.py's), then the checkpoint graph of each algorithm and
+  the frozen graph exported with 'winograd', timed interleaved on one random image; the share of pixels whose
+  predicted class equals the direct checkpoint graph's.
+  """
+  import shutil  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
+  from bench import inference_speed  # pylint: disable=import-outside-toplevel
+  from drivers import exporter  # pylint: disable=import-outside-toplevel
+  from drivers import inference_graph  # pylint: disable=import-outside-toplevel
+  tf = tf_()
+  size = tuple(spec['size'])
+  base = common.load_pipeline_config(spec['quick']).model
+  configs = {}
+  for algorithm in ('direct', 'winograd'):
+    configs[algorithm] = type(base).FromString(base.SerializeToString())
+    text_format.Merge('pspnet { conv3x3_algorithm: "%s" }' % algorithm, configs[algorithm])
+  out = collections.OrderedDict(size='%dx%d' % size, machine=common.machine_info())
+  workdir = tempfile.mkdtemp(prefix='bench_winograd_')
+  try:
+    checkpoint = inference_speed._random_checkpoint(base, size, workdir)  # pylint: disable=protected-access
+    export_dir = os.path.join(workdir, 'export_winograd')
+    exporter.export(configs['winograd'], export_dir, trained_checkpoint=checkpoint,
+                    input_shape=(1,) + size + (3,), pad_to_shape=size, num_timing_runs=0)
+    sessions = collections.OrderedDict()
+    for name, algorithm, source in (('checkpoint direct', 'direct', 'checkpoint'),
+                                    ('checkpoint winograd', 'winograd', 'checkpoint'),
+                                    ('frozen winograd', 'winograd', 'frozen')):
+      variant = inference_speed._variant(name, source)  # pylint: disable=protected-access
+      sessions[name] = inference_speed._session(  # pylint: disable=protected-access
+          variant, configs[algorithm], size, checkpoint, {'float32': export_dir})
+    frozen_graph = sessions['frozen winograd'][3]
+    out['frozen_winograd_ops'] = collections.OrderedDict(
+        (kind, sum(1 for op in frozen_graph.get_operations() if op.type == kind
+                   and op.name.startswith('PSPModule/'))) for kind in ('Conv2D', 'GatherV2', 'BatchMatMulV2'))
+    with tf.Graph().as_default() as graph:
+      inference_graph.build_inference_graph(inference_graph.build_inference_model(base), (1,) + size + (3,), size)
+      gmacs = exporter.count_conv_macs(graph)['total'] / 1e9
+    out['gmacs'] = gmacs
+    image = np.random.RandomState(0).randint(0, 256, (1,) + size + (3,)).astype(np.uint8)
+    first = {}
+    def run_fn(name):
+      sess, inputs, predictions, _ = sessions[name]
+      def run():
+        first.setdefault(name, sess.run(predictions, {inputs: image}))
+      return run
+    timings = common.interleaved(collections.OrderedDict((n, run_fn(n)) for n in sessions), spec['runs'],
+                                 spec['warmup'])
+    direct = timings['checkpoint direct']['best_s']
+    for name, timing in timings.items():
+      timing['vs_direct'] = timing['best_s'] / direct
+      timing['gmacs_per_s'] = gmacs / timing['best_s']
+      timing['agreement_with_direct'] = float(np.mean(first[name] == first['checkpoint direct']))
+    out['variants'] = timings
+    for sess, _, _, _ in sessions.values():
+      sess.close()
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  return out
+
+
 def measure(spec):
-  """Worker: spec {cases: [...], runs: [per case], warmup} -> machine and one result per case."""
+  """Worker: spec {cases: [...], runs: [per case], warmup} -> machine and one result per case; with
+  spec['model'], the whole-model comparison (_measure_model) instead."""
+  if spec.get('model'):
+    return _measure_model(spec)
   out = collections.OrderedDict(machine=common.machine_info(), cases=[])
   for case, runs in zip(spec['cases'], spec['runs']):
     common.log('winograd: %s, %d variants x %d runs' % (case[0], len(case[5]), runs))
@@ -240,6 +307,22 @@ def _markdown(results, command, started):
       lines.append(common.format_table(['formulation', 'best s', 'median s', 'runs', 'vs direct', 'max rel err',
                                         'GMAC/s (direct MACs)', 'cpu share'], rows))
       lines.append('')
+  model = results.get('model')
+  if model:
+    lines.append('## Whole model: PSPNet50 inference, batch 1, %s' % model.get('size'))
+    lines.append('')
+    if 'error' in model:
+      lines += ['failed: %s' % model['error'], '']
+    else:
+      lines.append('%.1f GMACs (direct); random weights; the frozen graph exported with `conv3x3_algorithm: '
+                   '"winograd"` (its PSPModule ops: %s).' % (model['gmacs'], ', '.join(
+                       '%s %d' % kv for kv in model['frozen_winograd_ops'].items())))
+      lines.append('')
+      rows = [[v, t['best_s'], t['median_s'], t['runs'], t['vs_direct'], t['gmacs_per_s'],
+               t['agreement_with_direct'], t['cpu_share']] for v, t in model['variants'].items()]
+      lines.append(common.format_table(['graph', 'best s', 'median s', 'runs', 'vs direct', 'GMAC/s',
+                                        'pixels = direct', 'cpu share'], rows))
+      lines.append('')
   lines.append('Gate (issue 13): a formulation at <= %.2fx the direct conv on the 713x713 fusion conv. %s' % (
       GATE, results['gate']))
   lines.append('')
@@ -263,16 +346,25 @@ def main(argv=None):
   parser.add_argument('--runs', type=int, default=5, help='timed runs per variant (713x713 cases)')
   parser.add_argument('--large_runs', type=int, default=3, help='timed runs per variant at 1024x2048')
   parser.add_argument('--no_onednn_off', action='store_true', help='skip the oneDNN-off section')
+  parser.add_argument('--model_runs', type=int, default=5, help='timed runs per graph of the whole model')
+  parser.add_argument('--no_model', action='store_true', help='skip the whole-model comparison')
+  parser.add_argument('--only_model', action='store_true', help='only the whole-model comparison')
   parser.add_argument('--out', default=common.DEFAULT_OUT, help='directory for winograd.json and winograd.md')
   args = parser.parse_args(argv)
   started = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
   cases = QUICK_CASES if args.quick else FULL_CASES
   runs = [2 if args.quick else (args.large_runs if '1024' in c[0] else args.runs) for c in cases]
   results = collections.OrderedDict(sections=collections.OrderedDict())
-  for section, env in SECTIONS[:1] if args.no_onednn_off else SECTIONS:
+  for section, env in [] if args.only_model else SECTIONS[:1] if args.no_onednn_off else SECTIONS:
     common.log('winograd: section %s' % section)
     results['sections'][section] = common.run_worker('winograd', {'cases': cases, 'runs': runs, 'warmup': 1},
                                                      env=env)
+  if not args.no_model:
+    size = [65, 65] if args.quick else [713, 713]
+    common.log('winograd: whole model %dx%d' % tuple(size))
+    results['model'] = common.run_worker('winograd', {'model': True, 'quick': args.quick, 'size': size,
+                                                      'runs': 2 if args.quick else args.model_runs,
+                                                      'warmup': 1})
   results['gate'] = _gate(results)
   command = 'python -m bench.winograd' + ' '.join([''] + (argv if argv is not None else sys.argv[1:]))
   results['command'], results['started'] = command, started
