@@ -19,6 +19,10 @@ Formulations of the transformed input V [16, tiles, C] (products and output tran
 and of the 16 products: one batched tf.matmul [16, tiles, C] x [16, C, K] (the library's), 16 MatMuls,
 tf.einsum, or a 1x1 conv2d per component.
 
+Whole model (after the cases): PSPNet50's 713x713 inference graph with `pspnet.conv3x3_algorithm` "direct"
+and "winograd" (checkpoint graphs) and the frozen graph exported with "winograd", interleaved, with the share of
+predicted pixels equal to the direct graph's (--no_model skips it, --only_model runs only it).
+
 Every timing includes the filter transform (in the graph, as the library builds it). The sections run in
 worker processes: TensorFlow's defaults (oneDNN custom ops on when the CPU has AVX-512 VNNI/BF16, as TensorFlow
 decides) and oneDNN off (TF_ENABLE_ONEDNN_OPTS=0, Eigen's kernels). `max rel err` = max |y - y_direct| /
@@ -239,9 +243,10 @@ def _measure_model(spec):
       sessions[name] = inference_speed._session(  # pylint: disable=protected-access
           variant, configs[algorithm], size, checkpoint, {'float32': export_dir})
     frozen_graph = sessions['frozen winograd'][3]
+    fusion_scope = 'PSPModule/Conv_%d/' % (len(base.pspnet.pooling_factors) or 4)
     out['frozen_winograd_ops'] = collections.OrderedDict(
         (kind, sum(1 for op in frozen_graph.get_operations() if op.type == kind
-                   and op.name.startswith('PSPModule/'))) for kind in ('Conv2D', 'GatherV2', 'BatchMatMulV2'))
+                   and op.name.startswith(fusion_scope))) for kind in ('Conv2D', 'GatherV2', 'BatchMatMulV2'))
     with tf.Graph().as_default() as graph:
       inference_graph.build_inference_graph(inference_graph.build_inference_model(base), (1,) + size + (3,), size)
       gmacs = exporter.count_conv_macs(graph)['total'] / 1e9
@@ -315,7 +320,7 @@ def _markdown(results, command, started):
       lines += ['failed: %s' % model['error'], '']
     else:
       lines.append('%.1f GMACs (direct); random weights; the frozen graph exported with `conv3x3_algorithm: '
-                   '"winograd"` (its PSPModule ops: %s).' % (model['gmacs'], ', '.join(
+                   '"winograd"` (its fusion conv scope\'s ops: %s).' % (model['gmacs'], ', '.join(
                        '%s %d' % kv for kv in model['frozen_winograd_ops'].items())))
       lines.append('')
       rows = [[v, t['best_s'], t['median_s'], t['runs'], t['vs_direct'], t['gmacs_per_s'],
