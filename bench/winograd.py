@@ -27,7 +27,7 @@ Every timing includes the filter transform (in the graph, as the library builds 
 worker processes: TensorFlow's defaults (oneDNN custom ops on when the CPU has AVX-512 VNNI/BF16, as TensorFlow
 decides) and oneDNN off (TF_ENABLE_ONEDNN_OPTS=0, Eigen's kernels). `max rel err` = max |y - y_direct| /
 max |y_direct| in float32; `GMAC/s` = the direct convolution's MACs / best time. Writes
-bench/results/winograd.{json,md} (or --out).
+bench/results/winograd.{json,md} (winograd_model.{json,md} with --only_model; or --out).
 """
 import argparse
 import collections
@@ -373,7 +373,7 @@ def main(argv=None):
   results['gate'] = _gate(results)
   command = 'python -m bench.winograd' + ' '.join([''] + (argv if argv is not None else sys.argv[1:]))
   results['command'], results['started'] = command, started
-  base = 'winograd_quick' if args.quick else 'winograd'
+  base = ('winograd_model' if args.only_model else 'winograd') + ('_quick' if args.quick else '')
   common.write_json(os.path.join(args.out, base + '.json'), results)
   with open(os.path.join(args.out, base + '.md'), 'w') as f:
     f.write(_markdown(results, command, started))
