@@ -2,7 +2,7 @@
 
 F(2x2, 3x3) computes each 2x2 tile of a 3x3 convolution's output from the 4x4 input window under it with 16
 products per (input channel, output channel) instead of 36 (Lavin & Gray, "Fast Algorithms for Convolutional
-Neural Networks", CVPR 2016, section 4.1; the matrices B^T, G and A^T below are those of that paper):
+Neural Networks", CVPR 2016; the matrices B^T, G and A^T below are those of that paper):
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A      (g: 3x3 filter, d: 4x4 input tile, *: elementwise)
 

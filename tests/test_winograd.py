@@ -136,3 +136,15 @@ def test_invalid_algorithm_names_the_field():
   with pytest.raises(ConfigError) as error:
     model_builder.build(tiny_model_config(5, extra='pspnet { conv3x3_algorithm: "fft" }'), is_training=False)
   assert str(error.value) == "model.pspnet.conv3x3_algorithm = 'fft': allowed: direct, winograd"
+
+
+def test_model_option_in_bfloat16():
+  # The inference graph's --compute_dtype bfloat16: the transforms' constants follow the input's dtype.
+  image = np.random.RandomState(0).randint(0, 256, [1, 65, 65, 3]).astype(np.uint8)
+  predictions = []
+  for extra in ('', WINOGRAD):
+    sess, endpoints, _ = random_weights_inference_session(tiny_model_config(5, extra=extra), (65, 65),
+                                                          compute_dtype='bfloat16')
+    predictions.append(sess.run(endpoints.predictions, {endpoints.inputs: image}))
+    sess.close()
+  assert np.mean(predictions[0] == predictions[1]) > 0.99  # bfloat16 rounding, random weights
