@@ -58,37 +58,38 @@ def _native_atrous_conv2d_grad(op, grad):
   return tf.gradients(equivalent, [inputs, kernel], grad_ys=grad)
 
 
-def native_atrous_conv2d(inputs, num_outputs, kernel_size, rate, scope=None):
-  """`slim.conv2d(inputs, num_outputs, kernel_size, rate=rate, padding='SAME', scope=scope)` as one dilated Conv2D.
+def conv2d_as_slim(inputs, num_outputs, kernel_size, conv_fn, scope=None):
+  """`slim.conv2d(inputs, num_outputs, kernel_size, scope=scope)` with the convolution itself done by conv_fn.
 
   The layer reads slim.conv2d's arg_scope (initializer, regularizer, normalizer, activation, collections) and
   creates exactly slim's variables (`<scope>/weights`, then the normalizer's, or `<scope>/biases`), so a
-  checkpoint of either form restores into the other. Stride 1 and SAME padding only (atrous layers of ResNet).
+  checkpoint of either form restores into the other.
 
   Args:
-    inputs: float [N, H, W, C] with a static C.
+    inputs: float [N, H, W, C] with a static C, or a list of such tensors standing for their channel concat
+      (passed to conv_fn as given; C is the sum).
     num_outputs: output channels.
     kernel_size: int, square kernel.
-    rate: int > 1, the dilation.
+    conv_fn: fn(inputs, weights [k, k, C, num_outputs]) -> [N, H', W', num_outputs], the convolution.
     scope: variable scope ('Conv' by default, as slim).
 
   Returns:
-    [N, H, W, num_outputs], also added to the arg_scope's outputs_collections under the scope name.
+    [N, H', W', num_outputs], also added to the arg_scope's outputs_collections under the scope name.
   """
+  parts = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
   params = dict(slim.current_arg_scope().get(slim.arg_scope_func_key(slim.conv2d), {}))
   normalizer_fn = params.get('normalizer_fn')
   activation_fn = params.get('activation_fn', tf.nn.relu)
-  with tf.variable_scope(scope, 'Conv', [inputs], reuse=params.get('reuse')) as sc:
-    dtype = inputs.dtype.base_dtype
-    channels = int(inputs.shape[-1])
+  with tf.variable_scope(scope, 'Conv', parts, reuse=params.get('reuse')) as sc:
+    dtype = parts[0].dtype.base_dtype
+    channels = sum(int(p.shape[-1]) for p in parts)
     collections = slim.utils.get_variable_collections(params.get('variables_collections'), 'weights')
     weights = slim.model_variable(
         'weights', shape=[kernel_size, kernel_size, channels, num_outputs], dtype=dtype,
         initializer=params.get('weights_initializer', slim.xavier_initializer()),
         regularizer=params.get('weights_regularizer'), collections=collections,
         trainable=params.get('trainable', True))
-    with tf.get_default_graph().gradient_override_map({'Conv2D': _NATIVE_ATROUS_GRADIENT}):
-      outputs = tf.nn.conv2d(inputs, weights, strides=1, padding='SAME', dilations=rate, name='Conv2D')
+    outputs = conv_fn(inputs, weights)
     if normalizer_fn is not None:
       outputs = normalizer_fn(outputs, **(params.get('normalizer_params') or {}))
     elif params.get('biases_initializer', tf.zeros_initializer()) is not None:
@@ -102,6 +103,28 @@ def native_atrous_conv2d(inputs, num_outputs, kernel_size, rate, scope=None):
     if activation_fn is not None:
       outputs = activation_fn(outputs)
     return slim.utils.collect_named_outputs(params.get('outputs_collections'), sc.name, outputs)
+
+
+def native_atrous_conv2d(inputs, num_outputs, kernel_size, rate, scope=None):
+  """`slim.conv2d(inputs, num_outputs, kernel_size, rate=rate, padding='SAME', scope=scope)` as one dilated Conv2D.
+
+  Same variables as slim's layer (conv2d_as_slim), so a checkpoint of either form restores into the other.
+  Stride 1 and SAME padding only (atrous layers of ResNet).
+
+  Args:
+    inputs: float [N, H, W, C] with a static C.
+    num_outputs: output channels.
+    kernel_size: int, square kernel.
+    rate: int > 1, the dilation.
+    scope: variable scope ('Conv' by default, as slim).
+
+  Returns:
+    [N, H, W, num_outputs], also added to the arg_scope's outputs_collections under the scope name.
+  """
+  def dilated_conv(x, weights):
+    with tf.get_default_graph().gradient_override_map({'Conv2D': _NATIVE_ATROUS_GRADIENT}):
+      return tf.nn.conv2d(x, weights, strides=1, padding='SAME', dilations=rate, name='Conv2D')
+  return conv2d_as_slim(inputs, num_outputs, kernel_size, dilated_conv, scope)
 
 
 @slim.add_arg_scope

@@ -25,6 +25,7 @@ import numpy as np
 from architectures import dilated_resnet_v1
 from architectures import segmentation_model
 from libs import conv_gradients
+from libs import winograd
 from libs.compat import slim
 from libs.compat import tf
 from libs.config_errors import UserError
@@ -44,6 +45,8 @@ LOGITS_SCOPE = 'Logits'
 AUX_HEAD_SCOPE = 'AuxHead'
 
 PSP_DEPTH = 512
+# How the PSP fusion conv runs (pspnet.conv3x3_algorithm, protos/pspnet.proto).
+CONV3X3_ALGORITHMS = ('direct', 'winograd')
 
 # The checkpoint nodes of the walkthrough's train_mem_saving.py command (../shared/seed/pspnet.md).
 SEED_CHECKPOINT_NODES = (
@@ -153,7 +156,8 @@ class PSPNetArchitecture(segmentation_model.SegmentationModel):
                ignore_label=255,
                upsample_logits=True,
                native_atrous_conv=False,
-               low_memory_conv_gradients=True):
+               low_memory_conv_gradients=True,
+               conv3x3_algorithm='direct'):
     """Configures the network; nothing is built until predict().
 
     Args:
@@ -175,7 +179,15 @@ class PSPNetArchitecture(segmentation_model.SegmentationModel):
       native_atrous_conv: atrous backbone convs as one dilated Conv2D each (architectures/dilated_resnet_v1.py).
       low_memory_conv_gradients: the PSP fusion conv and the aux head conv get libs/conv_gradients.py's
         gradients (no whole-image im2col buffers); only gradients differ, and only in rounding.
+      conv3x3_algorithm: how the PSP fusion conv runs: 'direct' (slim.conv2d over the concat) or 'winograd'
+        (libs/winograd.py's F(2x2, 3x3) over the concat's parts, no concat built). Same variables and names of
+        variables; results differ in rounding only.
+
+    Raises:
+      ValueError: conv3x3_algorithm is neither 'direct' nor 'winograd'.
     """
+    if conv3x3_algorithm not in CONV3X3_ALGORITHMS:
+      raise ValueError('conv3x3_algorithm must be one of %s, got %r' % (CONV3X3_ALGORITHMS, conv3x3_algorithm))
     super().__init__(is_training, num_classes, scope_fn, filter_scale, pooling_factors, num_units_per_block,
                      use_aux_loss, main_loss_weight, classification_loss_fn, ignore_label, upsample_logits,
                      native_atrous_conv)
@@ -184,6 +196,7 @@ class PSPNetArchitecture(segmentation_model.SegmentationModel):
     self._aux_head_depth = aux_head_depth
     self._aux_loss_weight = aux_loss_weight
     self._low_memory_conv_gradients = low_memory_conv_gradients
+    self._conv3x3_algorithm = conv3x3_algorithm
 
   @property
   def output_stride(self):
@@ -206,6 +219,11 @@ class PSPNetArchitecture(segmentation_model.SegmentationModel):
           pooled = slim.conv2d(pooled, self._scaled(PSP_DEPTH), 1)
           with tf.name_scope('Upsample%d' % bins):
             branches.append(resize_bilinear(pooled, size))
+        if self._conv3x3_algorithm == 'winograd':
+          # The parts go in as they are: each is transformed and multiplied on its own, the products summed.
+          return dilated_resnet_v1.conv2d_as_slim(
+              branches, self._scaled(PSP_DEPTH), 3,
+              lambda parts, weights: winograd.conv2d_winograd(parts, weights, 'SAME', name='Conv2D'))
         net = tf.concat(branches, axis=3, name='concat')
         with conv_gradients.low_memory_gradients(self._low_memory_conv_gradients):
           return slim.conv2d(net, self._scaled(PSP_DEPTH), 3)

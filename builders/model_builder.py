@@ -41,6 +41,10 @@ def _build_pspnet(config, is_training, field_path):
   if len(units) != 4 or any(u <= 0 for u in units):
     raise ConfigError(fe_path + '.num_units_per_block', list(units), 'must be four values > 0')
 
+  if config.conv3x3_algorithm not in pspnet_architecture.CONV3X3_ALGORITHMS:
+    raise ConfigError(field_path + '.conv3x3_algorithm', config.conv3x3_algorithm,
+                      'allowed: %s' % ', '.join(pspnet_architecture.CONV3X3_ALGORITHMS))
+
   scope_fn = hyperparams_builder.build(config.hyperparams, is_training, field_path + '.hyperparams')
   loss_kwargs = losses_builder.build(config.loss, config.num_classes, field_path + '.loss')
   return pspnet_architecture.PSPNetArchitecture(
@@ -55,6 +59,7 @@ def _build_pspnet(config, is_training, field_path):
       aux_head_depth=config.aux_head_depth,
       native_atrous_conv=fe.native_atrous_conv,
       low_memory_conv_gradients=config.low_memory_conv_gradients,
+      conv3x3_algorithm=config.conv3x3_algorithm,
       **loss_kwargs)
 
 

@@ -165,3 +165,25 @@ def test_bench_compare_matches_anchors_by_parameter_count():
   assert compare.matching_anchor(26816147)['model'] == 'ICNet 1.0'
   assert compare.matching_anchor(124055) is None
   assert compare.labels(['configs/a.config', 'b/a.config', 'c.config']) == ['a (1)', 'a (2)', 'c']
+
+
+def test_bench_winograd_quick(tmp_path):
+  """`python -m bench.winograd --quick` (small shapes, the tiny model; oneDNN-off section skipped) writes every
+  formulation's figures, errors at float32 rounding, and the whole-model agreement."""
+  out = str(tmp_path / 'results')
+  proc = subprocess.run([sys.executable, '-m', 'bench.winograd', '--quick', '--no_onednn_off', '--out', out],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, 'winograd_quick.json')) as f:
+    results = json.load(f)
+  cases = results['sections']['TensorFlow defaults']['cases']
+  assert [c['case'] for c in cases] == ['fusion (quick)', 'backbone (quick)']
+  for case in cases:
+    for name, timing in case['variants'].items():
+      assert _positive(timing['best_s']), name
+      assert timing['max_rel_error'] < 1e-4, name
+  model = results['model']['variants']
+  assert set(model) == {'checkpoint direct', 'checkpoint winograd', 'frozen winograd'}
+  assert all(v['agreement_with_direct'] > 0.999 for v in model.values())
+  assert results['model']['frozen_winograd_ops']['Conv2D'] == 0

@@ -1,0 +1,179 @@
+"""3x3 convolutions by Winograd's minimal filtering F(2x2, 3x3) (model option ``pspnet.conv3x3_algorithm``).
+
+F(2x2, 3x3) computes each 2x2 tile of a 3x3 convolution's output from the 4x4 input window under it with 16
+products per (input channel, output channel) instead of 36 (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", CVPR 2016; the matrices B^T, G and A^T below are those of that paper):
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A      (g: 3x3 filter, d: 4x4 input tile, *: elementwise)
+
+Summed over input channels, the elementwise products become 16 independent matrix products, one per position
+(k, l) of the 4x4 transformed tile: M_kl [tiles, C_out] = V_kl [tiles, C_in] . U_kl [C_in, C_out]. For
+PSPNet's pyramid fusion conv (3x3, 4096 -> 512 at 1/8 resolution, 153 of the model's 348 GMACs at 713x713)
+those products are 2.25x fewer MACs than the direct convolution, and they are large matmuls, TensorFlow's
+fastest kernel on a CPU; measured figures: bench/results/winograd.md.
+
+How the transforms are built (standard TensorFlow ops only, so that frozen graphs and SavedModels keep them):
+  * input: one Gather of the 16 pixels of every 4x4 window (the zero-padded input seen as a [pixels, C_in]
+    matrix, so every gathered row is C_in contiguous floats), giving D [16, tiles, C_in] in the layout the
+    products want; then V = (B^T (x) B^T) . D, one [16, 16] x [16, tiles * C_in] matmul (the Kronecker product
+    applies B^T to rows and columns at once);
+  * filter: U = (G (x) G) . g, a [16, 9] x [9, C_in * C_out] matmul, in the graph (a frozen graph computes it
+    per run: 0.3 GMACs for the fusion conv, against 68 in the products);
+  * output: Y = (A^T (x) A^T) . M, a [4, 16] x [16, tiles * C_out] matmul, and a transpose placing the 2x2
+    tiles.
+Memory: V holds 16 / 4 = 4x the input (530 MB for the fusion conv at 713x713), so the tiles are processed in
+chunks of tile rows (``max_transform_bytes``), chained so that one chunk's V is alive at a time.
+
+The input may be given as the parts of a channel concat (the PSP module's backbone features and pyramid levels):
+every part is transformed and multiplied on its own and the products summed, so the concat is never built.
+
+Numerics: the transforms have entries 0, +-1 and +-1/2 (exact in binary floating point), so the result differs
+from the direct convolution only in rounding: ~1e-16 relative in float64, ~1e-6 in float32
+(tests/test_winograd.py). Gradients are TensorFlow's automatic ones of this graph (a Gather's gradient is a
+scatter-add).
+"""
+import numpy as np
+
+from libs.compat import tf
+
+# Lavin & Gray (2016), F(2x2, 3x3).
+B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
+A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+# Bytes of the transformed input V per chunk of tile rows (the 713x713 fusion conv's 530 MB fits in one).
+DEFAULT_MAX_TRANSFORM_BYTES = 2**29
+
+
+class Geometry(object):
+  """Tiling of a stride-1 3x3 convolution of an [N, H, W, C] input.
+
+  Attributes:
+    batch, height, width: input N, H, W.
+    out_height, out_width: output H', W' (H, W for SAME; H - 2, W - 2 for VALID).
+    tile_rows, tile_cols: 2x2 output tiles per column and row: ceil(H' / 2), ceil(W' / 2).
+    pads: tf.pad paddings giving the zero-padded input [N, 2 * tile_rows + 2, 2 * tile_cols + 2, C] (SAME's
+      one pixel before, then zeros up to whole tiles; the extra outputs are cropped).
+  """
+
+  def __init__(self, input_shape, padding):
+    self.batch, self.height, self.width = input_shape[:3]
+    if padding == 'SAME':
+      before, self.out_height, self.out_width = 1, self.height, self.width
+    elif padding == 'VALID':
+      before, self.out_height, self.out_width = 0, self.height - 2, self.width - 2
+    else:
+      raise ValueError("padding must be 'SAME' or 'VALID', got %r" % (padding,))
+    if self.out_height < 1 or self.out_width < 1:
+      raise ValueError('a %dx%d input has no %s 3x3 convolution output' % (self.height, self.width, padding))
+    self.tile_rows, self.tile_cols = (self.out_height + 1) // 2, (self.out_width + 1) // 2
+    self.padded_height, self.padded_width = 2 * self.tile_rows + 2, 2 * self.tile_cols + 2
+    self.pads = [[0, 0], [before, self.padded_height - before - self.height],
+                 [before, self.padded_width - before - self.width], [0, 0]]
+
+  def window_indices(self, first_row, rows):
+    """int32 [16, N * rows * tile_cols]: pixel indices (into the padded input as [N * H_p * W_p, C]) of the
+    4x4 windows of tile rows [first_row, first_row + rows), window position (r, s) -> row 4 r + s."""
+    n = np.arange(self.batch)[:, None, None]
+    i = np.arange(first_row, first_row + rows)[None, :, None]
+    j = np.arange(self.tile_cols)[None, None, :]
+    corner = (n * self.padded_height + 2 * i) * self.padded_width + 2 * j
+    offsets = [r * self.padded_width + s for r in range(4) for s in range(4)]
+    return np.stack([(corner + o).reshape(-1) for o in offsets]).astype(np.int32)
+
+
+def _static_shape(tensor, what):
+  shape = tensor.shape.as_list()
+  if len(shape) != 4 or None in shape:
+    raise ValueError('conv2d_winograd: %s needs a static 4-D shape, got %s' % (what, shape))
+  return shape
+
+
+def filter_transform(filters):
+  """U = G g G^T of every (input, output) channel pair: [3, 3, C_in, C_out] -> [16, C_in, C_out]."""
+  _, _, c_in, c_out = _static_shape(filters, 'filters')
+  gg = tf.constant(np.kron(G, G), filters.dtype)
+  return tf.reshape(tf.matmul(gg, tf.reshape(filters, [9, c_in * c_out])), [16, c_in, c_out])
+
+
+def input_transform(padded, geometry, first_row, rows):
+  """V = B^T d B of the windows of tile rows [first_row, first_row + rows).
+
+  Args:
+    padded: [N, H_p, W_p, C] zero-padded input (geometry.pads).
+    geometry: Geometry.
+    first_row, rows: python ints, the chunk of tile rows.
+
+  Returns:
+    [16, N * rows * tile_cols, C]: V_kl of every tile, (k, l) -> 4 k + l.
+  """
+  c = padded.shape.as_list()[-1]
+  pixels = tf.reshape(padded, [-1, c])
+  windows = tf.gather(pixels, tf.constant(geometry.window_indices(first_row, rows)))
+  bb = tf.constant(np.kron(B_T, B_T), padded.dtype)
+  return tf.reshape(tf.matmul(bb, tf.reshape(windows, [16, -1])), [16, -1, c])
+
+
+def output_transform(products, geometry, rows):
+  """Y = A^T m A: [16, N * rows * tile_cols, C_out] -> [N, 2 * rows, 2 * tile_cols, C_out] (uncropped)."""
+  c_out = products.shape.as_list()[-1]
+  aa = tf.constant(np.kron(A_T, A_T), products.dtype)
+  y = tf.reshape(tf.matmul(aa, tf.reshape(products, [16, -1])),
+                 [2, 2, geometry.batch, rows, geometry.tile_cols, c_out])
+  y = tf.transpose(y, [2, 3, 0, 4, 1, 5])
+  return tf.reshape(y, [geometry.batch, 2 * rows, 2 * geometry.tile_cols, c_out])
+
+
+def chunk_rows(geometry, channels, itemsize, max_transform_bytes):
+  """Tile rows per chunk so that V [16, N * rows * tile_cols, C_in] stays within max_transform_bytes."""
+  per_row = 16 * geometry.batch * geometry.tile_cols * channels * itemsize
+  return int(max(1, min(geometry.tile_rows, max_transform_bytes // per_row)))
+
+
+def conv2d_winograd(inputs, filters, padding='SAME', max_transform_bytes=DEFAULT_MAX_TRANSFORM_BYTES,
+                    name=None):
+  """tf.nn.conv2d(inputs, filters, strides=1, padding) for a 3x3 kernel, by Winograd's F(2x2, 3x3).
+
+  Args:
+    inputs: [N, H, W, C_in] float tensor (NHWC, static shape), or a list of [N, H, W, C_i] tensors whose
+      channel concatenation is the input (sum C_i = C_in): each part is transformed and multiplied separately.
+    filters: [3, 3, C_in, C_out] tensor of the same dtype.
+    padding: 'SAME' or 'VALID'.
+    max_transform_bytes: bound on the transformed input of one chunk of tile rows (all parts together);
+      chunks run one after another.
+    name: name scope (default 'conv2d_winograd').
+
+  Returns:
+    [N, H', W', C_out]: H', W' = H, W for SAME, H - 2, W - 2 for VALID.
+
+  Raises:
+    ValueError: a shape that is not static, a kernel that is not 3x3, parts that disagree with the kernel's
+      input channels or with one another, or a padding other than SAME / VALID.
+  """
+  parts = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+  with tf.name_scope(name, 'conv2d_winograd', parts + [filters]):
+    shapes = [_static_shape(p, 'inputs') for p in parts]
+    kh, kw, c_in, _ = _static_shape(filters, 'filters')
+    if (kh, kw) != (3, 3):
+      raise ValueError('conv2d_winograd: a 3x3 kernel is needed, got %dx%d' % (kh, kw))
+    if any(s[:3] != shapes[0][:3] for s in shapes) or sum(s[3] for s in shapes) != c_in:
+      raise ValueError('conv2d_winograd: input parts %s do not match a kernel of %d input channels'
+                       % (shapes, c_in))
+    geometry = Geometry(shapes[0], padding)
+    channels = [s[3] for s in shapes]
+    transformed = tf.split(filter_transform(filters), channels, axis=1) if len(parts) > 1 else [
+        filter_transform(filters)]
+    padded = [tf.pad(p, geometry.pads) for p in parts]
+    rows = chunk_rows(geometry, c_in, filters.dtype.size, max_transform_bytes)
+    chunks, previous = [], None
+    for first in range(0, geometry.tile_rows, rows):
+      count = min(rows, geometry.tile_rows - first)
+      # Chained: the next chunk's windows are gathered only once this chunk's output exists.
+      with tf.control_dependencies([previous] if previous is not None else []):
+        products = [tf.matmul(input_transform(p, geometry, first, count), u) for p, u in zip(padded, transformed)]
+      previous = output_transform(tf.add_n(products) if len(products) > 1 else products[0], geometry, count)
+      chunks.append(previous)
+    out = tf.concat(chunks, axis=1) if len(chunks) > 1 else chunks[0]
+    if out.shape.as_list()[1:3] != [geometry.out_height, geometry.out_width]:
+      out = out[:, :geometry.out_height, :geometry.out_width]
+    return out

@@ -1,0 +1,150 @@
+"""libs/winograd: F(2x2, 3x3) equals tf.nn.conv2d (values and gradients, float64 and float32, SAME and VALID, odd
+sizes, batches, channel-concat parts, chunked tile rows); in the model (pspnet.conv3x3_algorithm) it keeps the
+variables and computes the same network."""
+import numpy as np
+import pytest
+
+from builders import model_builder
+from libs import winograd
+from libs.compat import tf
+from libs.config_errors import ConfigError
+from tests.conftest import tiny_model_config
+from tests.testing_utils import random_weights_inference_session
+from tests.testing_utils import training_graph_outputs
+
+
+def _compare(x_shape, c_out, padding, dtype=tf.float64, parts=None, max_transform_bytes=None):
+  """(direct, winograd) outputs and gradients wrt the input (parts) and the kernel, on random values."""
+  rng = np.random.RandomState(0)
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.constant(rng.normal(size=x_shape), dtype)
+    kernel = tf.constant(rng.normal(size=[3, 3, x_shape[3], c_out]), dtype)
+    pieces = tf.split(x, parts, axis=3) if parts else [x]
+    inputs = pieces if parts else x
+    kwargs = {'max_transform_bytes': max_transform_bytes} if max_transform_bytes else {}
+    y_winograd = winograd.conv2d_winograd(inputs, kernel, padding, **kwargs)
+    y_direct = tf.nn.conv2d(tf.concat(pieces, axis=3) if parts else x, kernel, 1, padding)
+    weights = tf.constant(rng.normal(size=y_direct.shape.as_list()), dtype)
+    grads = [tf.gradients(tf.reduce_sum(y * weights), pieces + [kernel]) for y in (y_direct, y_winograd)]
+    ops = {op.type for op in graph.get_operations()}
+    with tf.Session(graph=graph) as sess:
+      direct, wino = sess.run([[y_direct] + grads[0], [y_winograd] + grads[1]])
+  return direct, wino, ops
+
+
+def _max_relative(actual, expected):
+  return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
+@pytest.mark.parametrize('padding', ['SAME', 'VALID'])
+@pytest.mark.parametrize('x_shape,c_out', [
+    ([1, 8, 8, 3], 4),     # even sizes: whole tiles
+    ([2, 9, 7, 5], 3),     # odd sizes (a partial tile row and column), batch 2
+    ([3, 5, 12, 2], 6),
+    ([1, 3, 4, 1], 1),     # VALID: a single output row
+])
+def test_equals_conv2d_in_float64(x_shape, c_out, padding):
+  direct, wino, ops = _compare(x_shape, c_out, padding)
+  for name, d, w in zip(['output', 'input gradient', 'kernel gradient'], direct, wino):
+    assert w.shape == d.shape, name
+    assert _max_relative(w, d) < 1e-12, name
+  assert 'Conv2D' in ops  # (only the direct reference's)
+
+
+@pytest.mark.parametrize('padding', ['SAME', 'VALID'])
+def test_equals_conv2d_in_float32(padding):
+  direct, wino, _ = _compare([2, 11, 10, 16], 8, padding, dtype=tf.float32)
+  for name, d, w in zip(['output', 'input gradient', 'kernel gradient'], direct, wino):
+    assert _max_relative(w, d) < 1e-5, name
+
+
+@pytest.mark.parametrize('padding', ['SAME', 'VALID'])
+def test_channel_concat_parts_and_chunks_of_tile_rows(padding):
+  # The PSP module's case: parts of unequal width; chunks of one tile row (5 chunks for 9 output rows).
+  per_row = 16 * 2 * 4 * 7 * 8  # V bytes of one tile row: 16 x batch x tile_cols x C_in x float64
+  direct, wino, _ = _compare([2, 9, 8, 7], 3, padding, parts=[4, 1, 2], max_transform_bytes=per_row)
+  assert len(wino) == 1 + 4  # output, three part gradients, kernel gradient
+  for d, w in zip(direct, wino):
+    assert _max_relative(w, d) < 1e-12
+
+
+def test_chunk_rows_bound_the_transformed_input():
+  geometry = winograd.Geometry([1, 90, 90, 4096], 'SAME')
+  assert (geometry.tile_rows, geometry.tile_cols, geometry.pads[1]) == (45, 45, [1, 1])
+  assert winograd.chunk_rows(geometry, 4096, 4, winograd.DEFAULT_MAX_TRANSFORM_BYTES) == 45  # 530 MB: one chunk
+  large = winograd.Geometry([1, 128, 256, 4096], 'SAME')
+  rows = winograd.chunk_rows(large, 4096, 4, winograd.DEFAULT_MAX_TRANSFORM_BYTES)
+  assert 16 * rows * large.tile_cols * 4096 * 4 <= winograd.DEFAULT_MAX_TRANSFORM_BYTES < (
+      16 * (rows + 1) * large.tile_cols * 4096 * 4)
+
+
+def test_errors_name_what_is_wrong():
+  with tf.Graph().as_default():
+    x = tf.zeros([1, 6, 6, 4])
+    with pytest.raises(ValueError, match='3x3 kernel'):
+      winograd.conv2d_winograd(x, tf.zeros([5, 5, 4, 2]))
+    with pytest.raises(ValueError, match="'SAME' or 'VALID'"):
+      winograd.conv2d_winograd(x, tf.zeros([3, 3, 4, 2]), padding='FULL')
+    with pytest.raises(ValueError, match='static 4-D shape'):
+      winograd.conv2d_winograd(tf.placeholder(tf.float32, [1, None, None, 4]), tf.zeros([3, 3, 4, 2]))
+    with pytest.raises(ValueError, match='do not match a kernel of 4 input channels'):
+      winograd.conv2d_winograd([x, x], tf.zeros([3, 3, 4, 2]))
+    with pytest.raises(ValueError, match='no VALID 3x3 convolution output'):
+      winograd.conv2d_winograd(tf.zeros([1, 2, 6, 4]), tf.zeros([3, 3, 4, 2]), padding='VALID')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model option.
+
+WINOGRAD = 'pspnet { conv3x3_algorithm: "winograd" }'
+
+
+def test_model_option_keeps_variables_and_values_of_the_training_graph():
+  direct = training_graph_outputs(tiny_model_config(5))
+  wino = training_graph_outputs(tiny_model_config(5, extra=WINOGRAD))
+  assert wino['variables'] == direct['variables']
+  assert wino['model_variables'] == direct['model_variables']
+  assert (wino['regularization_losses'], wino['update_ops']) == (
+      direct['regularization_losses'], direct['update_ops'])
+  forward_direct = dict(direct['forward'])
+  forward_wino = dict(wino['forward'])
+  assert forward_direct['PSPModule/Conv_4/Conv2D'] == 'Conv2D'
+  assert 'PSPModule/concat' in forward_direct and 'PSPModule/concat' not in forward_wino
+  assert any(name.startswith('PSPModule/Conv_4/Conv2D/') and kind == 'GatherV2'
+             for name, kind in forward_wino.items())
+  # Logits, aux logits, loss and every gradient (float32; the fusion conv's rounding differs).
+  for d, w in zip(direct['values'], wino['values']):
+    scale = max(np.abs(d).max(), 1e-30)
+    assert np.abs(np.asarray(w) - np.asarray(d)).max() / scale < 1e-4
+
+
+def test_model_option_inference_logits():
+  sessions = [random_weights_inference_session(tiny_model_config(5, extra=extra), (65, 97))
+              for extra in ('', WINOGRAD)]
+  image = np.random.RandomState(0).randint(0, 256, [1, 65, 97, 3]).astype(np.uint8)
+  (logits_d, pred_d), (logits_w, pred_w) = [
+      sess.run([logits, endpoints.predictions], {endpoints.inputs: image})
+      for sess, endpoints, logits in sessions]
+  assert _max_relative(logits_w, logits_d) < 1e-4  # float32 rounding, through BN, ReLU6 and the classifier
+  assert np.mean(pred_w == pred_d) > 0.999
+  for sess, _, _ in sessions:
+    sess.close()
+
+
+def test_invalid_algorithm_names_the_field():
+  with pytest.raises(ConfigError) as error:
+    model_builder.build(tiny_model_config(5, extra='pspnet { conv3x3_algorithm: "fft" }'), is_training=False)
+  assert str(error.value) == "model.pspnet.conv3x3_algorithm = 'fft': allowed: direct, winograd"
+
+
+def test_model_option_in_bfloat16():
+  # The inference graph's --compute_dtype bfloat16: the transforms' constants follow the input's dtype.
+  image = np.random.RandomState(0).randint(0, 256, [1, 65, 65, 3]).astype(np.uint8)
+  predictions = []
+  for extra in ('', WINOGRAD):
+    sess, endpoints, _ = random_weights_inference_session(tiny_model_config(5, extra=extra), (65, 65),
+                                                          compute_dtype='bfloat16')
+    predictions.append(sess.run(endpoints.predictions, {endpoints.inputs: image}))
+    sess.close()
+  assert np.mean(predictions[0] == predictions[1]) > 0.99  # bfloat16 rounding, random weights
