@@ -55,6 +55,15 @@ FULL_CASES = [
     ('fusion 1024x2048', [1, 128, 256, 4096], 512, 'SAME', FUSION_PARTS,
      ['direct from parts', 'gather from parts']),
 ]
+# The backbone's stride-1 bottleneck 3x3 convs at 713x713 (batch 1), as the model runs them: block1 and block2 at
+# rate 1 (SAME), block3 (rate 2) and block4 (rate 4) as the VALID conv of their SpaceToBatchND phases. They decide
+# which layers pspnet.conv3x3_algorithm "winograd" converts (dilated_resnet_v1.WINOGRAD_MIN_CHANNELS).
+BACKBONE_CASES = [
+    ('block1 conv2 713x713', [1, 179, 179, 64], 64, 'SAME', None, ['direct', 'gather']),
+    ('block2 conv2 713x713', [1, 90, 90, 128], 128, 'SAME', None, ['direct', 'gather']),
+    ('block3 conv2 713x713', [4, 47, 47, 256], 256, 'VALID', None, ['direct', 'gather']),
+    ('block4 conv2 713x713', [16, 25, 25, 512], 512, 'VALID', None, ['direct', 'gather']),
+]
 QUICK_CASES = [
     ('fusion (quick)', [1, 18, 18, 256], 32, 'SAME', [128, 32, 32, 32, 32],
      ['direct', 'direct from parts', 'naive', 'pairs', 'gather', 'gather, 16 MatMuls', 'gather, einsum',
