@@ -20,7 +20,13 @@ with the switch it is one Conv2D with `dilations`. Both compute the same functio
 the same names, so checkpoints are interchangeable (tests/test_bench.py compares them). The native op's gradient
 goes through the SpaceToBatchND formulation, because TensorFlow's CPU kernels of Conv2DBackpropInput/Filter
 reject dilations.
+
+`conv3x3_algorithm` 'winograd' (pspnet.conv3x3_algorithm, protos/pspnet.proto) runs the stride-1 bottleneck 3x3
+convs of WINOGRAD_BLOCKS by Winograd's F(2x2, 3x3) (libs/winograd.py): at rate 1 as a SAME conv, at rate r > 1 in
+tf.nn.convolution's own form of a dilated SAME conv, SpaceToBatchND -> VALID conv -> BatchToSpaceND, with the VALID
+conv by Winograd. Same variables and node names as slim's layers (`.../conv2/weights`, `.../bottleneck_v1/Relu`).
 """
+from libs import winograd
 from libs.compat import slim
 from libs.compat import tf
 
@@ -33,6 +39,16 @@ _BASE_DEPTHS = (64, 128, 256, 512)
 # Stride of the last unit of each block (TF-Slim ResNet v1 layout).
 _BLOCK_STRIDES = (2, 2, 2, 1)
 _ROOT_DEPTH = 64
+# How the 3x3 convs may run (conv3x3_algorithm).
+CONV3X3_ALGORITHMS = ('direct', 'winograd')
+# Blocks whose stride-1 bottleneck 3x3 convs conv3x3_algorithm 'winograd' converts; the others stay direct, and so
+# does every stride-2 conv (block1/unit_3 at output stride 8). Measured at 713x713 on a 2-core AVX-512 EPYC
+# (bench/results/winograd_model.md, interleaved, Winograd time / direct time, TensorFlow defaults): block1 (64
+# channels over 179x179) 1.6x, block2 (128 over 90x90) 1.2x: with so few channels the transforms, which scale
+# with the map, outweigh the saved products; block3 (256, rate 2) 0.82-0.87x, block4 (512, rate 4) 0.66-0.68x.
+# (oneDNN off: 1.3-1.6x, 0.94-1.13x, 0.67-0.83x, 0.63-0.65x.) A per-block rule rather than a channel threshold,
+# so that scaled-down models (filter_scale) build the same layout.
+WINOGRAD_BLOCKS = ('block3', 'block4')
 
 
 def scaled_depth(depth, filter_scale):
@@ -127,9 +143,42 @@ def native_atrous_conv2d(inputs, num_outputs, kernel_size, rate, scope=None):
   return conv2d_as_slim(inputs, num_outputs, kernel_size, dilated_conv, scope)
 
 
+def winograd_atrous_conv2d(inputs, filters, rate, name=None):
+  """tf.nn.convolution(inputs, filters, 'SAME', dilations=rate) for a 3x3 kernel, the conv by Winograd F(2x2, 3x3).
+
+  Rate 1: libs/winograd.conv2d_winograd SAME. Rate r > 1: tf.nn.convolution's decomposition of a dilated SAME
+  conv, with its paddings and crops (tf.required_space_to_batch_paddings over the dilated kernel's SAME padding,
+  (k - 1) r split floor / ceil): SpaceToBatchND into r x r phases, a VALID 3x3 conv of the phases by
+  conv2d_winograd, BatchToSpaceND.
+
+  Args:
+    inputs: float [N, H, W, C_in] with a static shape.
+    filters: [3, 3, C_in, C_out] of the same dtype.
+    rate: int >= 1, the dilation of both spatial dimensions.
+    name: name scope of the Winograd conv ('Conv2D', as slim's conv op).
+
+  Returns:
+    [N, H, W, C_out].
+
+  Raises:
+    ValueError: a rate < 1, or a shape libs/winograd.py rejects.
+  """
+  if rate < 1:
+    raise ValueError('winograd_atrous_conv2d: rate must be >= 1, got %r' % (rate,))
+  if rate == 1:
+    return winograd.conv2d_winograd(inputs, filters, 'SAME', name=name or 'Conv2D')
+  height, width = inputs.shape.as_list()[1:3]
+  pad_total = 2 * rate  # (kernel size - 1) * rate
+  base_paddings = [[pad_total // 2, pad_total - pad_total // 2]] * 2
+  paddings, crops = tf.required_space_to_batch_paddings([height, width], [rate, rate], base_paddings)
+  phases = tf.space_to_batch_nd(inputs, [rate, rate], paddings, name='SpaceToBatchND')
+  outputs = winograd.conv2d_winograd(phases, filters, 'VALID', name=name or 'Conv2D')
+  return tf.batch_to_space_nd(outputs, [rate, rate], crops, name='BatchToSpaceND')
+
+
 @slim.add_arg_scope
 def bottleneck(inputs, depth, depth_bottleneck, stride, rate=1, native_atrous_conv=False,
-               outputs_collections=None, scope=None):
+               conv3x3_algorithm='direct', outputs_collections=None, scope=None):
   """tf-slim's `resnet_v1.bottleneck` (same ops, names and variables), optionally with native atrous convs.
 
   Args:
@@ -139,13 +188,21 @@ def bottleneck(inputs, depth, depth_bottleneck, stride, rate=1, native_atrous_co
     rate: atrous rate of the 3x3 conv.
     native_atrous_conv: a 3x3 conv with rate > 1 runs as one dilated Conv2D (native_atrous_conv2d) instead of
       slim's SpaceToBatchND -> Conv2D -> BatchToSpaceND.
+    conv3x3_algorithm: 'direct', or 'winograd': a stride-1 unit's 3x3 conv by winograd_atrous_conv2d (before
+      native_atrous_conv); a stride-2 unit stays slim's.
     outputs_collections: collection of the unit's output (end points).
     scope: variable scope ('bottleneck_v1').
 
   Returns:
     [N, H / stride, W / stride, depth].
+
+  Raises:
+    ValueError: an unknown conv3x3_algorithm.
   """
-  if not native_atrous_conv or rate == 1:
+  if conv3x3_algorithm not in CONV3X3_ALGORITHMS:
+    raise ValueError('conv3x3_algorithm must be one of %s, got %r' % (CONV3X3_ALGORITHMS, conv3x3_algorithm))
+  use_winograd = conv3x3_algorithm == 'winograd' and stride == 1
+  if not use_winograd and (not native_atrous_conv or rate == 1):
     return resnet_v1.bottleneck(inputs, depth, depth_bottleneck, stride, rate=rate,
                                 outputs_collections=outputs_collections, scope=scope)
   if stride != 1:
@@ -157,26 +214,35 @@ def bottleneck(inputs, depth, depth_bottleneck, stride, rate=1, native_atrous_co
     else:
       shortcut = slim.conv2d(inputs, depth, [1, 1], stride=stride, activation_fn=None, scope='shortcut')
     residual = slim.conv2d(inputs, depth_bottleneck, [1, 1], stride=1, scope='conv1')
-    residual = native_atrous_conv2d(residual, depth_bottleneck, 3, rate, scope='conv2')
+    if use_winograd:
+      residual = conv2d_as_slim(residual, depth_bottleneck, 3,
+                                lambda x, weights: winograd_atrous_conv2d(x, weights, rate), scope='conv2')
+    else:
+      residual = native_atrous_conv2d(residual, depth_bottleneck, 3, rate, scope='conv2')
     residual = slim.conv2d(residual, depth, [1, 1], stride=1, activation_fn=None, scope='conv3')
     output = tf.nn.relu(shortcut + residual)
     return slim.utils.collect_named_outputs(outputs_collections, sc.name, output)
 
 
-def resnet_v1_blocks(filter_scale=1.0, num_units_per_block=RESNET50_UNITS, native_atrous_conv=False):
-  """The four `resnet_utils.Block`s of a (scaled) ResNet50-style network (slim's resnet_v1_block layout)."""
+def resnet_v1_blocks(filter_scale=1.0, num_units_per_block=RESNET50_UNITS, native_atrous_conv=False,
+                     conv3x3_algorithm='direct'):
+  """The four `resnet_utils.Block`s of a (scaled) ResNet50-style network (slim's resnet_v1_block layout);
+  conv3x3_algorithm 'winograd' applies to the blocks of WINOGRAD_BLOCKS only."""
   blocks = []
   for i, (depth, units, stride) in enumerate(zip(_BASE_DEPTHS, num_units_per_block, _BLOCK_STRIDES)):
     base_depth = scaled_depth(depth, filter_scale)
-    unit = {'depth': base_depth * 4, 'depth_bottleneck': base_depth, 'native_atrous_conv': native_atrous_conv}
+    name = 'block%d' % (i + 1)
+    unit = {'depth': base_depth * 4, 'depth_bottleneck': base_depth, 'native_atrous_conv': native_atrous_conv,
+            'conv3x3_algorithm': conv3x3_algorithm if name in WINOGRAD_BLOCKS else 'direct'}
     # slim puts a block's stride in its last unit.
     args = [dict(unit, stride=1)] * (units - 1) + [dict(unit, stride=stride)]
-    blocks.append(resnet_utils.Block('block%d' % (i + 1), bottleneck, args))
+    blocks.append(resnet_utils.Block(name, bottleneck, args))
   return blocks
 
 
 def dilated_resnet_v1_50(inputs, filter_scale=1.0, num_units_per_block=RESNET50_UNITS, output_stride=8,
-                         scope='resnet_v1_50', reuse=None, native_atrous_conv=False, after_block1_fn=None):
+                         scope='resnet_v1_50', reuse=None, native_atrous_conv=False, after_block1_fn=None,
+                         conv3x3_algorithm='direct'):
   """Builds the dilated ResNet50 v1 backbone (no global pool, no logits).
 
   Call it inside the network's arg_scope (builders/hyperparams_builder.py), which supplies batch norm,
@@ -195,19 +261,24 @@ def dilated_resnet_v1_50(inputs, filter_scale=1.0, num_units_per_block=RESNET50_
       downsampling between block1 and block2; its ops are built in the backbone's scope, under the name scope
       the function opens). Without it the graph is one stack of the four blocks; with it the blocks keep the
       same variable and node names, and the atrous rates of blocks 2-4 are those of the plain network.
+    conv3x3_algorithm: 'direct' (slim's convs) or 'winograd': the stride-1 bottleneck 3x3 convs of
+      WINOGRAD_BLOCKS by Winograd F(2x2, 3x3) (bottleneck()); same variables, names and function.
 
   Returns:
     net: float32 [N, ceil(H / output_stride), ceil(W / output_stride), 2048 * filter_scale], block4 output.
     end_points: dict from full scope names (e.g. '<outer>/resnet_v1_50/block3') to tensors, as tf-slim's.
 
   Raises:
-    ValueError: for an output stride other than 8 or 16, or not exactly four unit counts.
+    ValueError: for an output stride other than 8 or 16, not exactly four unit counts, or an unknown
+      conv3x3_algorithm.
   """
   if output_stride not in (8, 16):
     raise ValueError('output_stride must be 8 or 16, got %r' % (output_stride,))
   if len(num_units_per_block) != 4:
     raise ValueError('num_units_per_block needs 4 values, got %r' % (list(num_units_per_block),))
-  blocks = resnet_v1_blocks(filter_scale, num_units_per_block, native_atrous_conv)
+  if conv3x3_algorithm not in CONV3X3_ALGORITHMS:
+    raise ValueError('conv3x3_algorithm must be one of %s, got %r' % (CONV3X3_ALGORITHMS, conv3x3_algorithm))
+  blocks = resnet_v1_blocks(filter_scale, num_units_per_block, native_atrous_conv, conv3x3_algorithm)
   with tf.variable_scope(scope, 'resnet_v1', [inputs], reuse=reuse) as sc:
     end_points_collection = sc.original_name_scope + '_end_points'
     with slim.arg_scope([slim.conv2d, bottleneck, resnet_v1.bottleneck, resnet_utils.stack_blocks_dense],

@@ -45,8 +45,8 @@ LOGITS_SCOPE = 'Logits'
 AUX_HEAD_SCOPE = 'AuxHead'
 
 PSP_DEPTH = 512
-# How the PSP fusion conv runs (pspnet.conv3x3_algorithm, protos/pspnet.proto).
-CONV3X3_ALGORITHMS = ('direct', 'winograd')
+# How the PSP fusion conv and the backbone's bottleneck 3x3 convs run (pspnet.conv3x3_algorithm, protos/pspnet.proto).
+CONV3X3_ALGORITHMS = dilated_resnet_v1.CONV3X3_ALGORITHMS
 
 # The checkpoint nodes of the walkthrough's train_mem_saving.py command (../shared/seed/pspnet.md).
 SEED_CHECKPOINT_NODES = (
@@ -179,9 +179,10 @@ class PSPNetArchitecture(segmentation_model.SegmentationModel):
       native_atrous_conv: atrous backbone convs as one dilated Conv2D each (architectures/dilated_resnet_v1.py).
       low_memory_conv_gradients: the PSP fusion conv and the aux head conv get libs/conv_gradients.py's
         gradients (no whole-image im2col buffers); only gradients differ, and only in rounding.
-      conv3x3_algorithm: how the PSP fusion conv runs: 'direct' (slim.conv2d over the concat) or 'winograd'
-        (libs/winograd.py's F(2x2, 3x3) over the concat's parts, no concat built). Same variables and names of
-        variables; results differ in rounding only.
+      conv3x3_algorithm: how the 3x3 convs run: 'direct' (slim.conv2d) or 'winograd': libs/winograd.py's
+        F(2x2, 3x3) for the PSP fusion conv (over the concat's parts, no concat built) and for the stride-1
+        bottleneck convs of the backbone blocks that win by it (dilated_resnet_v1.WINOGRAD_BLOCKS). Same
+        variables and names of variables; results differ in rounding only.
 
     Raises:
       ValueError: conv3x3_algorithm is neither 'direct' nor 'winograd'.
@@ -234,7 +235,8 @@ class PSPNetArchitecture(segmentation_model.SegmentationModel):
 
   def _predict(self, preprocessed_inputs, reuse):
     with slim.arg_scope(self._scope_fn()):
-      features, end_points = self._backbone(preprocessed_inputs, reuse, output_stride=self._output_stride)
+      features, end_points = self._backbone(preprocessed_inputs, reuse, output_stride=self._output_stride,
+                                            conv3x3_algorithm=self._conv3x3_algorithm)
       with tf.variable_scope(tf.get_variable_scope(), reuse=reuse):
         net = self._pyramid_pooling_module(features)
         outputs = {'logits': self._classifier(net, LOGITS_SCOPE), 'end_points': end_points}

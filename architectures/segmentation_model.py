@@ -229,13 +229,14 @@ class SegmentationModel(object):
   def _predict(self, preprocessed_inputs, reuse):
     raise NotImplementedError
 
-  def _backbone(self, inputs, reuse, output_stride=8, after_block1_fn=None):
-    """The dilated ResNet50 under SharedFeatureExtractor/resnet_v1_50: (block4 output, end points)."""
+  def _backbone(self, inputs, reuse, output_stride=8, after_block1_fn=None, conv3x3_algorithm='direct'):
+    """The dilated ResNet50 under SharedFeatureExtractor/resnet_v1_50: (block4 output, end points);
+    conv3x3_algorithm as dilated_resnet_v1_50's."""
     with tf.variable_scope(FEATURE_EXTRACTOR_SCOPE, values=[inputs], reuse=reuse):
       return dilated_resnet_v1.dilated_resnet_v1_50(
           inputs, filter_scale=self._filter_scale, num_units_per_block=self._num_units_per_block,
           output_stride=output_stride, scope=BACKBONE_SCOPE, native_atrous_conv=self._native_atrous_conv,
-          after_block1_fn=after_block1_fn)
+          after_block1_fn=after_block1_fn, conv3x3_algorithm=conv3x3_algorithm)
 
   @staticmethod
   def _block_outputs(end_points):

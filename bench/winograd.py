@@ -19,9 +19,13 @@ Formulations of the transformed input V [16, tiles, C] (products and output tran
 and of the 16 products: one batched tf.matmul [16, tiles, C] x [16, C, K] (the library's), 16 MatMuls,
 tf.einsum, or a 1x1 conv2d per component.
 
-Whole model (after the cases): PSPNet50's 713x713 inference graph with `pspnet.conv3x3_algorithm` "direct"
-and "winograd" (checkpoint graphs) and the frozen graph exported with "winograd", interleaved, with the share of
-predicted pixels equal to the direct graph's (--no_model skips it, --only_model runs only it).
+Whole model (after the cases): PSPNet50's inference graph (713x713; --model_size) with `pspnet.conv3x3_algorithm`
+"direct", "winograd" with the fusion conv only (the backbone's WINOGRAD_BLOCKS emptied while it is built) and
+"winograd" (fusion conv + backbone block3/block4; checkpoint graphs), and the frozen graph exported with
+"winograd", interleaved, with the share of predicted pixels equal to the direct graph's; each model process times
+the backbone's bottleneck 3x3 convs first (BACKBONE_CASES). One process per section, alternating sections
+--model_processes times (TF_ENABLE_ONEDNN_OPTS is read at TensorFlow's import). --no_model skips it, --only_model
+runs only it.
 
 Every timing includes the filter transform (in the graph, as the library builds it). The sections run in
 worker processes: TensorFlow's defaults (oneDNN custom ops on when the CPU has AVX-512 VNNI/BF16, as TensorFlow
@@ -54,6 +58,15 @@ FULL_CASES = [
     ('backbone block4 713x713', [16, 25, 25, 512], 512, 'VALID', None, ['direct', 'gather']),
     ('fusion 1024x2048', [1, 128, 256, 4096], 512, 'SAME', FUSION_PARTS,
      ['direct from parts', 'gather from parts']),
+]
+# The backbone's stride-1 bottleneck 3x3 convs at 713x713 (batch 1), as the model runs them: block1 and block2 at
+# rate 1 (SAME), block3 (rate 2) and block4 (rate 4) as the VALID conv of their SpaceToBatchND phases. They decide
+# which layers pspnet.conv3x3_algorithm "winograd" converts (dilated_resnet_v1.WINOGRAD_MIN_CHANNELS).
+BACKBONE_CASES = [
+    ('block1 conv2 713x713', [1, 179, 179, 64], 64, 'SAME', None, ['direct', 'gather']),
+    ('block2 conv2 713x713', [1, 90, 90, 128], 128, 'SAME', None, ['direct', 'gather']),
+    ('block3 conv2 713x713', [4, 47, 47, 256], 256, 'VALID', None, ['direct', 'gather']),
+    ('block4 conv2 713x713', [16, 25, 25, 512], 512, 'VALID', None, ['direct', 'gather']),
 ]
 QUICK_CASES = [
     ('fusion (quick)', [1, 18, 18, 256], 32, 'SAME', [128, 32, 32, 32, 32],
@@ -221,6 +234,7 @@ def _measure_model(spec):
   from bench import inference_speed  # pylint: disable=import-outside-toplevel
   from drivers import exporter  # pylint: disable=import-outside-toplevel
   from drivers import inference_graph  # pylint: disable=import-outside-toplevel
+  from architectures import dilated_resnet_v1  # pylint: disable=import-outside-toplevel
   tf = tf_()
   size = tuple(spec['size'])
   base = common.load_pipeline_config(spec['quick']).model
@@ -228,7 +242,11 @@ def _measure_model(spec):
   for algorithm in ('direct', 'winograd'):
     configs[algorithm] = type(base).FromString(base.SerializeToString())
     text_format.Merge('pspnet { conv3x3_algorithm: "%s" }' % algorithm, configs[algorithm])
-  out = collections.OrderedDict(size='%dx%d' % size, machine=common.machine_info())
+  configs['winograd fusion only'] = configs['winograd']
+  out = collections.OrderedDict(size='%dx%d' % size, machine=common.machine_info(), layers=[])
+  for case in spec.get('layer_cases', []):
+    common.log('winograd: %s' % case[0])
+    out['layers'].append(_case(case, spec['layer_runs'], spec['warmup']))
   workdir = tempfile.mkdtemp(prefix='bench_winograd_')
   try:
     checkpoint = inference_speed._random_checkpoint(base, size, workdir)  # pylint: disable=protected-access
@@ -237,16 +255,28 @@ def _measure_model(spec):
                     input_shape=(1,) + size + (3,), pad_to_shape=size, num_timing_runs=0)
     sessions = collections.OrderedDict()
     for name, algorithm, source in (('checkpoint direct', 'direct', 'checkpoint'),
+                                    ('checkpoint winograd fusion only', 'winograd fusion only', 'checkpoint'),
                                     ('checkpoint winograd', 'winograd', 'checkpoint'),
                                     ('frozen winograd', 'winograd', 'frozen')):
       variant = inference_speed._variant(name, source)  # pylint: disable=protected-access
-      sessions[name] = inference_speed._session(  # pylint: disable=protected-access
-          variant, configs[algorithm], size, checkpoint, {'float32': export_dir})
+      blocks = dilated_resnet_v1.WINOGRAD_BLOCKS
+      # The PSP fusion conv alone: no backbone block converted while this graph is built.
+      dilated_resnet_v1.WINOGRAD_BLOCKS = () if algorithm == 'winograd fusion only' else blocks
+      try:
+        sessions[name] = inference_speed._session(  # pylint: disable=protected-access
+            variant, configs[algorithm], size, checkpoint, {'float32': export_dir})
+      finally:
+        dilated_resnet_v1.WINOGRAD_BLOCKS = blocks
     frozen_graph = sessions['frozen winograd'][3]
     fusion_scope = 'PSPModule/Conv_%d/' % (len(base.pspnet.pooling_factors) or 4)
     out['frozen_winograd_ops'] = collections.OrderedDict(
         (kind, sum(1 for op in frozen_graph.get_operations() if op.type == kind
                    and op.name.startswith(fusion_scope))) for kind in ('Conv2D', 'GatherV2', 'BatchMatMulV2'))
+    # 3x3 convs of the backbone's bottlenecks by Winograd in each checkpoint graph (conv2 scopes with a Gather).
+    out['backbone_winograd_convs'] = collections.OrderedDict(
+        (name, len({op.name.split('/conv2/')[0] for op in sessions[name][3].get_operations()
+                    if op.type == 'GatherV2' and '/bottleneck_v1/conv2/' in op.name}))
+        for name in sessions if name.startswith('checkpoint'))
     with tf.Graph().as_default() as graph:
       inference_graph.build_inference_graph(inference_graph.build_inference_model(base), (1,) + size + (3,), size)
       gmacs = exporter.count_conv_macs(graph)['total'] / 1e9
@@ -312,22 +342,41 @@ def _markdown(results, command, started):
       lines.append(common.format_table(['formulation', 'best s', 'median s', 'runs', 'vs direct', 'max rel err',
                                         'GMAC/s (direct MACs)', 'cpu share'], rows))
       lines.append('')
-  model = results.get('model')
-  if model:
-    lines.append('## Whole model: PSPNet50 inference, batch 1, %s' % model.get('size'))
+  for index, model in enumerate(results.get('models', [])):
+    lines.append('## Whole model, process %d (%s): PSPNet50 inference, batch 1, %s' % (
+        index + 1, model.get('section'), model.get('size')))
     lines.append('')
     if 'error' in model:
       lines += ['failed: %s' % model['error'], '']
-    else:
-      lines.append('%.1f GMACs (direct); random weights; the frozen graph exported with `conv3x3_algorithm: '
-                   '"winograd"` (its fusion conv scope\'s ops: %s).' % (model['gmacs'], ', '.join(
-                       '%s %d' % kv for kv in model['frozen_winograd_ops'].items())))
+      continue
+    m = model['machine']
+    lines.append('oneDNN opts: %s. The backbone\'s bottleneck 3x3 convs first (batch 1 at 713x713; dilated ones as '
+                 'the VALID conv of their SpaceToBatchND phases), Winograd = the library\'s gather formulation:'
+                 % m.get('onednn_opts'))
+    lines.append('')
+    rows = [[c['case'], 'x'.join(map(str, c['input_shape'])), c['padding'], c['variants']['direct']['best_s'],
+             c['variants']['direct']['median_s'], c['variants']['gather']['best_s'],
+             c['variants']['gather']['median_s'], c['variants']['gather']['vs_direct'],
+             c['variants']['gather']['max_rel_error'], c['variants']['gather']['cpu_share']]
+            for c in model['layers']]
+    if rows:
+      lines.append(common.format_table(['layer', 'input', 'padding', 'direct best s', 'direct median s',
+                                        'winograd best s', 'winograd median s', 'vs direct', 'max rel err',
+                                        'cpu share'], rows))
       lines.append('')
-      rows = [[v, t['best_s'], t['median_s'], t['runs'], t['vs_direct'], t['gmacs_per_s'],
-               t['agreement_with_direct'], t['cpu_share']] for v, t in model['variants'].items()]
-      lines.append(common.format_table(['graph', 'best s', 'median s', 'runs', 'vs direct', 'GMAC/s',
-                                        'pixels = direct', 'cpu share'], rows))
-      lines.append('')
+    lines.append('%.1f GMACs (direct); random weights; `winograd fusion only`: the PSP fusion conv alone; '
+                 '`winograd`: fusion conv + backbone (bottleneck convs by Winograd: %s); the frozen graph exported '
+                 'with `conv3x3_algorithm: "winograd"` (its fusion conv scope\'s ops: %s).' % (
+                     model['gmacs'], ', '.join('%s %d' % kv for kv in model['backbone_winograd_convs'].items()),
+                     ', '.join('%s %d' % kv for kv in model['frozen_winograd_ops'].items())))
+    lines.append('')
+    rows = [[v, t['best_s'], t['median_s'], t['runs'], t['vs_direct'], t['median_s'] / direct_median,
+             t['gmacs_per_s'], t['agreement_with_direct'], t['cpu_share']]
+            for direct_median in [model['variants']['checkpoint direct']['median_s']]
+            for v, t in model['variants'].items()]
+    lines.append(common.format_table(['graph', 'best s', 'median s', 'runs', 'vs direct (best)',
+                                      'vs direct (median)', 'GMAC/s', 'pixels = direct', 'cpu share'], rows))
+    lines.append('')
   lines.append('Gate (issue 13): a formulation at <= %.2fx the direct conv on the 713x713 fusion conv. %s' % (
       GATE, results['gate']))
   lines.append('')
@@ -354,6 +403,10 @@ def main(argv=None):
   parser.add_argument('--model_runs', type=int, default=5, help='timed runs per graph of the whole model')
   parser.add_argument('--no_model', action='store_true', help='skip the whole-model comparison')
   parser.add_argument('--only_model', action='store_true', help='only the whole-model comparison')
+  parser.add_argument('--model_size', type=int, nargs=2, default=[713, 713], metavar=('H', 'W'),
+                      help='input size of the whole-model comparison')
+  parser.add_argument('--model_processes', type=int, default=1,
+                      help='model processes per section, the sections alternating')
   parser.add_argument('--out', default=common.DEFAULT_OUT, help='directory for winograd.json and winograd.md')
   args = parser.parse_args(argv)
   started = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
@@ -365,11 +418,15 @@ def main(argv=None):
     results['sections'][section] = common.run_worker('winograd', {'cases': cases, 'runs': runs, 'warmup': 1},
                                                      env=env)
   if not args.no_model:
-    size = [65, 65] if args.quick else [713, 713]
-    common.log('winograd: whole model %dx%d' % tuple(size))
-    results['model'] = common.run_worker('winograd', {'model': True, 'quick': args.quick, 'size': size,
-                                                      'runs': 2 if args.quick else args.model_runs,
-                                                      'warmup': 1})
+    size = [65, 65] if args.quick else list(args.model_size)
+    results['models'] = []
+    for process in range(args.model_processes):
+      for section, env in SECTIONS[:1] if args.no_onednn_off else SECTIONS:
+        common.log('winograd: whole model %dx%d, %s, process %d' % (tuple(size) + (section, process + 1)))
+        spec = {'model': True, 'quick': args.quick, 'size': size, 'runs': 2 if args.quick else args.model_runs,
+                'warmup': 1, 'layer_cases': [] if args.quick else BACKBONE_CASES,
+                'layer_runs': 2 if args.quick else 7}
+        results['models'].append(dict(common.run_worker('winograd', spec, env=env), section=section))
   results['gate'] = _gate(results)
   command = 'python -m bench.winograd' + ' '.join([''] + (argv if argv is not None else sys.argv[1:]))
   results['command'], results['started'] = command, started

@@ -183,7 +183,11 @@ def test_bench_winograd_quick(tmp_path):
     for name, timing in case['variants'].items():
       assert _positive(timing['best_s']), name
       assert timing['max_rel_error'] < 1e-4, name
-  model = results['model']['variants']
-  assert set(model) == {'checkpoint direct', 'checkpoint winograd', 'frozen winograd'}
-  assert all(v['agreement_with_direct'] > 0.999 for v in model.values())
-  assert results['model']['frozen_winograd_ops']['Conv2D'] == 0
+  [model] = results['models']
+  assert set(model['variants']) == {'checkpoint direct', 'checkpoint winograd fusion only', 'checkpoint winograd',
+                                    'frozen winograd'}
+  assert all(v['agreement_with_direct'] > 0.999 for v in model['variants'].values())
+  assert model['frozen_winograd_ops']['Conv2D'] == 0
+  # The tiny model (one unit per block): block3's and block4's conv2.
+  assert model['backbone_winograd_convs'] == {'checkpoint direct': 0, 'checkpoint winograd fusion only': 0,
+                                              'checkpoint winograd': 2}
