@@ -1,15 +1,23 @@
 """libs/winograd: F(2x2, 3x3) equals tf.nn.conv2d (values and gradients, float64 and float32, SAME and VALID, odd
-sizes, batches, channel-concat parts, chunked tile rows); in the model (pspnet.conv3x3_algorithm) it keeps the
-variables and computes the same network."""
+sizes, batches, channel-concat parts, chunked tile rows); its gradient keeps no forward transform alive; in the
+model (pspnet.conv3x3_algorithm) it keeps the variables and computes the same network, and trains like the direct
+convolution (tf.gradients, recomputed backbone blocks, memory-saving gradients, float16)."""
+import copy
+
 import numpy as np
 import pytest
 
 from builders import model_builder
+from libs import memory_saving_gradients
 from libs import winograd
 from libs.compat import tf
 from libs.config_errors import ConfigError
+from tests.conftest import fixed_batch_pipeline
 from tests.conftest import tiny_model_config
+from tests.test_memory_saving_gradients import TINY_NODES
+from tests.testing_utils import assert_steps_equal
 from tests.testing_utils import random_weights_inference_session
+from tests.testing_utils import StepRunner
 from tests.testing_utils import training_graph_outputs
 
 
@@ -67,6 +75,24 @@ def test_channel_concat_parts_and_chunks_of_tile_rows(padding):
   assert len(wino) == 1 + 4  # output, three part gradients, kernel gradient
   for d, w in zip(direct, wino):
     assert _max_relative(w, d) < 1e-12
+
+
+def test_gradient_recomputes_the_transforms_and_scatters_nothing():
+  per_row = 16 * 2 * 4 * 7 * 8
+  _, _, ops = _compare([2, 9, 8, 7], 3, 'SAME', parts=[4, 1, 2], max_transform_bytes=per_row)
+  assert 'UnsortedSegmentSum' not in ops and 'Conv2DBackpropFilter' in ops  # (the direct reference's)
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.zeros([2, 9, 8, 7])
+    kernel = tf.zeros([3, 3, 7, 3])
+    y = winograd.conv2d_winograd(tf.split(x, [4, 3], axis=3), kernel, max_transform_bytes=per_row)
+    forward = set(graph.get_operations())
+    tf.gradients(tf.reduce_sum(y), [x, kernel])
+  # Backprop reads the forward's inputs, filter and output, never a transform (V, U, M) or a window gather.
+  reads = {t.op for op in set(graph.get_operations()) - forward for t in op.inputs if t.op in forward}
+  transforms = [op.name for op in reads if op.type in ('GatherV2', 'MatMul', 'BatchMatMulV2', 'AddV2')]
+  assert not transforms, transforms
+  assert y.op.type == 'IdentityN' and y.op.get_attr('_gradient_op_type') == winograd.GRADIENT_NAME.encode()
 
 
 def test_chunk_rows_bound_the_transformed_input():
@@ -148,3 +174,45 @@ def test_model_option_in_bfloat16():
     predictions.append(sess.run(endpoints.predictions, {endpoints.inputs: image}))
     sess.close()
   assert np.mean(predictions[0] == predictions[1]) > 0.99  # bfloat16 rounding, random weights
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training steps: the winograd option against the direct convolution (its low-memory gradient), from one state.
+
+def _winograd(config):
+  config = copy.deepcopy(config)
+  config.model.pspnet.conv3x3_algorithm = 'winograd'
+  return config
+
+
+@pytest.mark.parametrize('gradients', ['tf.gradients', 'recompute_backbone_blocks', 'memory_saving'])
+def test_training_step_equals_direct(cityscapes_records, gradients):
+  direct = fixed_batch_pipeline(cityscapes_records, momentum_sgd=True)
+  direct.train_config.recompute_backbone_blocks = 0
+  candidate = _winograd(direct)
+  if gradients == 'recompute_backbone_blocks':
+    candidate.train_config.recompute_backbone_blocks = 3
+  reference = StepRunner(direct)
+  wino = StepRunner(candidate, memory_saving_gradients.make_gradients_fn(TINY_NODES)
+                    if gradients == 'memory_saving' else None)
+  try:
+    assert not [op for op in wino.graph.get_operations() if op.type == 'UnsortedSegmentSum']
+    assert_steps_equal(reference, wino, num_steps=2)
+  finally:
+    reference.close()
+    wino.close()
+
+
+def test_float16_training_step_equals_direct(cityscapes_records):
+  direct = fixed_batch_pipeline(cityscapes_records, momentum_sgd=True)
+  direct.train_config.recompute_backbone_blocks = 0
+  direct.train_config.mixed_precision = 'float16'
+  reference, wino = StepRunner(direct), StepRunner(_winograd(direct))
+  try:
+    conv = [op for op in wino.graph.get_operations() if op.type == 'IdentityN' and 'PSPModule' in op.name]
+    assert conv and conv[0].outputs[0].dtype == tf.float16
+    # float16 rounding of the two algorithms (as test_mixed_precision's tolerances).
+    assert_steps_equal(reference, wino, num_steps=1, tolerance=1e-2, loss_rtol=1e-2)
+  finally:
+    reference.close()
+    wino.close()
