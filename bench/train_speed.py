@@ -35,7 +35,7 @@ SEED_CHECKPOINT_NODES = list(pspnet_architecture.SEED_CHECKPOINT_NODES)
 # default) is the process-wide option on top: 'off' runs in a worker of its own with TensorFlow's default
 # allocator.
 SPEED_OFF = collections.OrderedDict(native_atrous=False, low_memory_grads=False, recompute_blocks=0, intra=0,
-                                    inter=0, grappler=True, mixed_precision='none')
+                                    inter=0, grappler=True, mixed_precision='none', conv3x3_algorithm='direct')
 SPEED_ON = collections.OrderedDict(native_atrous=False, low_memory_grads=True, recompute_blocks=3, intra=0,
                                    inter=0, grappler=True)
 
@@ -91,6 +91,7 @@ def _pipeline_config(spec, variant):
   config.train_config.batch_size = spec['batch']
   config.train_config.recompute_backbone_blocks = variant['recompute_blocks']
   config.train_config.mixed_precision = variant.get('mixed_precision', 'none')
+  config.model.pspnet.conv3x3_algorithm = variant.get('conv3x3_algorithm', 'direct')
   for step in config.train_config.preprocessor_step:
     if step.HasField('random_image_crop'):
       step.random_image_crop.crop_height = step.random_image_crop.crop_width = spec['crop']

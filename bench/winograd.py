@@ -32,6 +32,12 @@ worker processes: TensorFlow's defaults (oneDNN custom ops on when the CPU has A
 decides) and oneDNN off (TF_ENABLE_ONEDNN_OPTS=0, Eigen's kernels). `max rel err` = max |y - y_direct| /
 max |y_direct| in float32; `GMAC/s` = the direct convolution's MACs / best time. Writes
 bench/results/winograd.{json,md} (winograd_model.{json,md} with --only_model; or --out).
+
+Training (--train, only that): drivers/trainer's training graph (bench/train_speed.py's workers, in-memory
+input, the default options: low-memory conv gradients, recompute_backbone_blocks 3) with conv3x3_algorithm
+"direct" and "winograd" (libs/winograd.py's gradient), interleaved in one process at 385x385 batch 2 and 713x713
+batch 1, then each alone in a fresh process for its peak memory (VmHWM, the BFC allocator's peak); with
+--train_onednn_off also the speed under TF_ENABLE_ONEDNN_OPTS=0. Writes bench/results/winograd_train.{json,md}.
 """
 import argparse
 import collections
@@ -394,6 +400,75 @@ def _gate(results):
   return '; '.join(verdicts) or '(no 713x713 fusion case run)'
 
 
+TRAIN_SHAPES = [(385, 2), (713, 1)]  # (crop, batch)
+TRAIN_QUICK_SHAPES = [(65, 2)]
+
+
+def _train_variants():
+  from bench import train_speed  # pylint: disable=import-outside-toplevel
+  return [train_speed._variant('direct (default options)', **train_speed.SPEED_ON),  # pylint: disable=protected-access
+          train_speed._variant('winograd', **dict(train_speed.SPEED_ON, conv3x3_algorithm='winograd'))]  # pylint: disable=protected-access
+
+
+def run_train(args):
+  """The training-step section: {shape: {'speed': interleaved worker, 'memory': {variant: worker}, ...}}."""
+  variants = _train_variants()
+  results = collections.OrderedDict()
+  for crop, batch in TRAIN_QUICK_SHAPES if args.quick else TRAIN_SHAPES:
+    base = {'quick': args.quick, 'crop': crop, 'batch': batch, 'records': None}
+    shape = collections.OrderedDict()
+    common.log('winograd --train: %dx%d batch %d, interleaved' % (crop, crop, batch))
+    shape['speed'] = common.run_worker('train_speed', dict(base, variants=variants, warmup=1,
+                                                           runs=2 if args.quick else args.train_runs))
+    if args.train_onednn_off:
+      common.log('winograd --train: %dx%d batch %d, interleaved, oneDNN off' % (crop, crop, batch))
+      shape['speed_onednn_off'] = common.run_worker(
+          'train_speed', dict(base, variants=variants, warmup=1, runs=2 if args.quick else args.train_runs),
+          env={'TF_ENABLE_ONEDNN_OPTS': '0'})
+    shape['memory'] = collections.OrderedDict()
+    for variant in variants:
+      common.log('winograd --train: %dx%d batch %d, %s, fresh process' % (crop, crop, batch, variant['name']))
+      shape['memory'][variant['name']] = common.run_worker(
+          'train_speed', dict(base, variants=[variant], warmup=1, runs=1, memory=True))
+    results['%dx%d batch %d' % (crop, crop, batch)] = shape
+  return results
+
+
+def _train_markdown(results, command, started):
+  lines = ['# Winograd F(2x2, 3x3) in training: the PSP fusion conv, direct vs winograd', '',
+           '`%s`, %s. drivers/trainer\'s graph with the default options (low-memory conv gradients, '
+           'recompute_backbone_blocks 3), in-memory input; speed interleaved in one process, memory of each '
+           'variant alone in a fresh process (BFC allocator).' % (command, started), '']
+  for shape, result in results['train'].items():
+    lines += ['## %s' % shape, '']
+    for key, title in (('speed', 'oneDNN as TensorFlow decides'), ('speed_onednn_off', 'TF_ENABLE_ONEDNN_OPTS=0')):
+      speed = result.get(key)
+      if speed is None:
+        continue
+      if 'error' in speed:
+        lines += ['%s: failed: %s' % (title, speed['error']), '']
+        continue
+      timings = speed['variants']
+      direct = next(iter(timings.values()))
+      rows = [[name, t['best_s'], t['median_s'], t['runs'], t['best_s'] / direct['best_s'],
+               t['median_s'] / direct['median_s'], t['cpu_share'], 'yes' if t['losses_finite'] else 'no']
+              for name, t in timings.items()]
+      lines += ['Step time, %s (oneDNN opts: %s):' % (title, speed['machine'].get('onednn_opts')), '',
+                common.format_table(['variant', 'best s', 'median s', 'runs', 'best vs direct',
+                                     'median vs direct', 'cpu share', 'losses finite'], rows), '']
+    rows = []
+    for name, worker in result['memory'].items():
+      if 'error' in worker:
+        rows.append([name, 'failed: %s' % worker['error'][-200:], None, None])
+        continue
+      memory = worker['memory']
+      rows.append([name, memory['allocator_peak_bytes'] / 2**30, memory['vmhwm_steps_bytes'] / 2**30,
+                   next(iter(worker['variants'].values()))['best_s']])
+    lines += ['Peak memory, each variant alone:', '',
+              common.format_table(['variant', 'allocator peak GiB', 'VmHWM GiB', 'step s (alone)'], rows), '']
+  return '\n'.join(lines)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true', help='small shapes, 2 runs (a smoke run)')
@@ -407,9 +482,21 @@ def main(argv=None):
                       help='input size of the whole-model comparison')
   parser.add_argument('--model_processes', type=int, default=1,
                       help='model processes per section, the sections alternating')
+  parser.add_argument('--train', action='store_true', help='only the training-step section (winograd_train.*)')
+  parser.add_argument('--train_runs', type=int, default=3, help='timed steps per variant in --train')
+  parser.add_argument('--train_onednn_off', action='store_true', help='--train: also the speed with oneDNN off')
   parser.add_argument('--out', default=common.DEFAULT_OUT, help='directory for winograd.json and winograd.md')
   args = parser.parse_args(argv)
   started = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+  command = 'python -m bench.winograd' + ' '.join([''] + (argv if argv is not None else sys.argv[1:]))
+  if args.train:
+    results = collections.OrderedDict(train=run_train(args), command=command, started=started)
+    base = 'winograd_train' + ('_quick' if args.quick else '')
+    common.write_json(os.path.join(args.out, base + '.json'), results)
+    with open(os.path.join(args.out, base + '.md'), 'w') as f:
+      f.write(_train_markdown(results, command, started))
+    print(_train_markdown(results, command, started))
+    return 0
   cases = QUICK_CASES if args.quick else FULL_CASES
   runs = [2 if args.quick else (args.large_runs if '1024' in c[0] else args.runs) for c in cases]
   results = collections.OrderedDict(sections=collections.OrderedDict())
@@ -428,7 +515,6 @@ def main(argv=None):
                 'layer_runs': 2 if args.quick else 7}
         results['models'].append(dict(common.run_worker('winograd', spec, env=env), section=section))
   results['gate'] = _gate(results)
-  command = 'python -m bench.winograd' + ' '.join([''] + (argv if argv is not None else sys.argv[1:]))
   results['command'], results['started'] = command, started
   base = ('winograd_model' if args.only_model else 'winograd') + ('_quick' if args.quick else '')
   common.write_json(os.path.join(args.out, base + '.json'), results)

@@ -29,17 +29,38 @@ every part is transformed and multiplied on its own and the products summed, so 
 
 Numerics: the transforms have entries 0, +-1 and +-1/2 (exact in binary floating point), so the result differs
 from the direct convolution only in rounding: ~1e-16 relative in float64, ~1e-6 in float32
-(tests/test_winograd.py). Gradients are TensorFlow's automatic ones of this graph (a Gather's gradient is a
-scatter-add).
+(tests/test_winograd.py).
+
+Gradients (training, :func:`conv2d_winograd_grad`): TensorFlow's automatic gradient of the graph above would be a
+scatter-add over the transformed input's gradient and would keep the forward's V alive for the products'
+gradient (530 MB each at 713x713). The output is instead passed through an IdentityN whose registered gradient
+reads the convolution's inputs and filter from the op itself (so memory-saving recomputation, which copies ops
+with their inputs remapped, gets the gradient of the copies), and computes
+  * the input gradient as the transposed convolution: a 3x3 convolution of dy with the kernel flipped 180
+    degrees, input and output channels swapped (SAME: SAME; VALID: dy zero-padded by 2, VALID), itself by
+    F(2x2, 3x3), one per input part (no concat, no split);
+  * the filter gradient in Winograd form: dU_kl = sum over chunks V_kl^T . dM_kl, dM = (A^T (x) A^T)^T . dy's
+    2x2 tiles, dg = (G (x) G)^T . dU, with V recomputed from the inputs chunk by chunk, one part at a time, once
+    dy exists (so nothing of the forward's transforms stays alive for backprop).
+The filter gradient runs before the input gradient (it is the last reader of the input). Second derivatives are
+TensorFlow's automatic ones of that gradient graph: neither needed nor tested.
 """
+
 import numpy as np
 
 from libs.compat import tf
+
+from tensorflow.core.framework import attr_value_pb2  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.framework import ops as _ops  # pylint: disable=g-direct-tensorflow-import
 
 # Lavin & Gray (2016), F(2x2, 3x3).
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+GRADIENT_NAME = 'PSPNetWinogradConv2D'
+# Attribute of the IdentityN carrying the gradient: the forward's max_transform_bytes, reused by the backward.
+_MAX_BYTES_ATTR = '_winograd_max_transform_bytes'
 
 # Bytes of the transformed input V per chunk of tile rows (the 713x713 fusion conv's 530 MB fits in one).
 DEFAULT_MAX_TRANSFORM_BYTES = 2**29
@@ -125,9 +146,51 @@ def output_transform(products, geometry, rows):
 
 
 def chunk_rows(geometry, channels, itemsize, max_transform_bytes):
-  """Tile rows per chunk so that V [16, N * rows * tile_cols, C_in] stays within max_transform_bytes."""
+  """Tile rows per chunk so that [16, N * rows * tile_cols, channels] stays within max_transform_bytes (V with
+  channels = C_in; callers pass max(C_in, C_out) to bound the products M as well)."""
   per_row = 16 * geometry.batch * geometry.tile_cols * channels * itemsize
   return int(max(1, min(geometry.tile_rows, max_transform_bytes // per_row)))
+
+
+
+
+def _check(parts, filters, padding):
+  """Geometry and the parts' channel counts of conv2d_winograd(parts, filters, padding); ValueError if invalid."""
+  shapes = [_static_shape(p, 'inputs') for p in parts]
+  kh, kw, c_in, _ = _static_shape(filters, 'filters')
+  if (kh, kw) != (3, 3):
+    raise ValueError('conv2d_winograd: a 3x3 kernel is needed, got %dx%d' % (kh, kw))
+  if any(s[:3] != shapes[0][:3] for s in shapes) or sum(s[3] for s in shapes) != c_in:
+    raise ValueError('conv2d_winograd: input parts %s do not match a kernel of %d input channels'
+                     % (shapes, c_in))
+  return Geometry(shapes[0], padding), [s[3] for s in shapes]
+
+
+def _convolve(parts, filters, geometry, channels, max_transform_bytes, after=None):
+  """The F(2x2, 3x3) convolution of the channel concat of `parts` [N, H, W, C_i] by filters [3, 3, C_in, C_out]
+  -> [N, H', W', C_out]; its first gather waits for the ops `after`."""
+  c_out = filters.shape.as_list()[-1]
+  transformed = filter_transform(filters)
+  transformed = tf.split(transformed, channels, axis=1) if len(parts) > 1 else [transformed]
+  padded = [tf.pad(p, geometry.pads) for p in parts]
+  rows = chunk_rows(geometry, max(sum(channels), c_out), filters.dtype.size, max_transform_bytes)
+  chunks, previous = [], list(after or [])
+  for first in range(0, geometry.tile_rows, rows):
+    count = min(rows, geometry.tile_rows - first)
+    total = None
+    for p, u in zip(padded, transformed):
+      # Chained: the next part's (or chunk's) windows are gathered only once the previous product exists, so
+      # that one V is alive at a time.
+      with tf.control_dependencies(previous):
+        product = tf.matmul(input_transform(p, geometry, first, count), u)
+      previous = [product]
+      total = product if total is None else total + product
+    previous = [output_transform(total, geometry, count)]
+    chunks.append(previous[0])
+  out = tf.concat(chunks, axis=1) if len(chunks) > 1 else chunks[0]
+  if out.shape.as_list()[1:3] != [geometry.out_height, geometry.out_width]:
+    out = out[:, :geometry.out_height, :geometry.out_width]
+  return out
 
 
 def conv2d_winograd(inputs, filters, padding='SAME', max_transform_bytes=DEFAULT_MAX_TRANSFORM_BYTES,
@@ -139,12 +202,13 @@ def conv2d_winograd(inputs, filters, padding='SAME', max_transform_bytes=DEFAULT
       channel concatenation is the input (sum C_i = C_in): each part is transformed and multiplied separately.
     filters: [3, 3, C_in, C_out] tensor of the same dtype.
     padding: 'SAME' or 'VALID'.
-    max_transform_bytes: bound on the transformed input of one chunk of tile rows (all parts together);
-      chunks run one after another.
+    max_transform_bytes: bound on the transformed input V (and the products M) of one chunk of tile rows, all
+      parts together; chunks run one after another, and so do the parts within a chunk. The gradient uses the
+      same chunks.
     name: name scope (default 'conv2d_winograd').
 
   Returns:
-    [N, H', W', C_out]: H', W' = H, W for SAME, H - 2, W - 2 for VALID.
+    [N, H', W', C_out]: H', W' = H, W for SAME, H - 2, W - 2 for VALID; its gradient is conv2d_winograd_grad.
 
   Raises:
     ValueError: a shape that is not static, a kernel that is not 3x3, parts that disagree with the kernel's
@@ -152,28 +216,87 @@ def conv2d_winograd(inputs, filters, padding='SAME', max_transform_bytes=DEFAULT
   """
   parts = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
   with tf.name_scope(name, 'conv2d_winograd', parts + [filters]):
-    shapes = [_static_shape(p, 'inputs') for p in parts]
-    kh, kw, c_in, _ = _static_shape(filters, 'filters')
-    if (kh, kw) != (3, 3):
-      raise ValueError('conv2d_winograd: a 3x3 kernel is needed, got %dx%d' % (kh, kw))
-    if any(s[:3] != shapes[0][:3] for s in shapes) or sum(s[3] for s in shapes) != c_in:
-      raise ValueError('conv2d_winograd: input parts %s do not match a kernel of %d input channels'
-                       % (shapes, c_in))
-    geometry = Geometry(shapes[0], padding)
-    channels = [s[3] for s in shapes]
-    transformed = tf.split(filter_transform(filters), channels, axis=1) if len(parts) > 1 else [
-        filter_transform(filters)]
-    padded = [tf.pad(p, geometry.pads) for p in parts]
-    rows = chunk_rows(geometry, c_in, filters.dtype.size, max_transform_bytes)
-    chunks, previous = [], None
-    for first in range(0, geometry.tile_rows, rows):
-      count = min(rows, geometry.tile_rows - first)
-      # Chained: the next chunk's windows are gathered only once this chunk's output exists.
-      with tf.control_dependencies([previous] if previous is not None else []):
-        products = [tf.matmul(input_transform(p, geometry, first, count), u) for p, u in zip(padded, transformed)]
-      previous = output_transform(tf.add_n(products) if len(products) > 1 else products[0], geometry, count)
-      chunks.append(previous)
-    out = tf.concat(chunks, axis=1) if len(chunks) > 1 else chunks[0]
-    if out.shape.as_list()[1:3] != [geometry.out_height, geometry.out_width]:
-      out = out[:, :geometry.out_height, :geometry.out_width]
-    return out
+    geometry, channels = _check(parts, filters, padding)
+    out = _convolve(parts, filters, geometry, channels, max_transform_bytes)
+    # The gradient's op: reads (out, parts..., filters); only `out` is passed on.
+    with tf.get_default_graph().gradient_override_map({'IdentityN': GRADIENT_NAME}):
+      identity = tf.identity_n([out] + parts + [filters], name='with_gradient')
+    identity[0].op._set_attr(  # pylint: disable=protected-access
+        _MAX_BYTES_ATTR, attr_value_pb2.AttrValue(i=int(max_transform_bytes)))
+    return identity[0]
+
+
+def dy_tiles(grad, geometry, first_row, rows):
+  """dy of tile rows [first_row, first_row + rows) in output_transform's layout: [N, 2 T_r, 2 T_c, C_out] (padded
+  to whole tiles) -> [4, N * rows * tile_cols * C_out], output position (a, b) of the tile -> row 2 a + b."""
+  c_out = grad.shape.as_list()[-1]
+  chunk = tf.reshape(grad[:, 2 * first_row:2 * (first_row + rows)],
+                     [geometry.batch, rows, 2, geometry.tile_cols, 2, c_out])
+  return tf.reshape(tf.transpose(chunk, [2, 4, 0, 1, 3, 5]), [4, -1])
+
+
+def filter_gradient(parts, grad, geometry, max_transform_bytes):
+  """dL/dg [3, 3, C_in, C_out] of conv2d_winograd(parts, g) from grad = dL/dy [N, H', W', C_out].
+
+  dU_kl [C_i, C_out] = sum over tiles of V_kl^T dM_kl per part, dM = (A^T (x) A^T)^T . dy's tiles; then
+  dg = (G (x) G)^T . dU. V is recomputed from the parts, in the forward's chunks, one part at a time; the first
+  gather waits for dy so that it is not run (and held) during the forward pass.
+  """
+  c_out = grad.shape.as_list()[-1]
+  channels = [p.shape.as_list()[-1] for p in parts]
+  extra_rows, extra_cols = 2 * geometry.tile_rows - geometry.out_height, 2 * geometry.tile_cols - geometry.out_width
+  if extra_rows or extra_cols:
+    # The outputs the forward computed and cropped have a zero gradient.
+    grad = tf.pad(grad, [[0, 0], [0, extra_rows], [0, extra_cols], [0, 0]])
+  aa = tf.constant(np.kron(A_T, A_T), grad.dtype)
+  padded = [tf.pad(p, geometry.pads) for p in parts]
+  rows = chunk_rows(geometry, max(sum(channels), c_out), grad.dtype.size, max_transform_bytes)
+  sums, previous = [None] * len(parts), None
+  for first in range(0, geometry.tile_rows, rows):
+    count = min(rows, geometry.tile_rows - first)
+    dm = tf.reshape(tf.matmul(aa, dy_tiles(grad, geometry, first, count), transpose_a=True), [16, -1, c_out])
+    for i, p in enumerate(padded):
+      with tf.control_dependencies([dm if previous is None else previous]):
+        v = input_transform(p, geometry, first, count)
+      previous = tf.matmul(v, dm, transpose_a=True)
+      sums[i] = previous if sums[i] is None else sums[i] + previous
+  gg = tf.constant(np.kron(G, G), grad.dtype)
+  filters = [tf.reshape(tf.matmul(gg, tf.reshape(du, [16, -1]), transpose_a=True), [3, 3, c, c_out])
+             for du, c in zip(sums, channels)]
+  return tf.concat(filters, axis=2) if len(filters) > 1 else filters[0]
+
+
+def input_gradients(grad, filters, channels, padding, max_transform_bytes, after=None):
+  """dL/dx of each input part [N, H, W, C_i] from grad = dL/dy [N, H', W', C_out]: the transposed convolution,
+  conv2d(dy, rot180(g)^T) by F(2x2, 3x3) (SAME: SAME; VALID: dy zero-padded by 2, VALID), one per part, the
+  parts one after another; the first waits for the ops `after`."""
+  c_out = filters.shape.as_list()[-1]
+  flipped = tf.transpose(tf.reverse(filters, [0, 1]), [0, 1, 3, 2])
+  if padding == 'VALID':
+    grad = tf.pad(grad, [[0, 0], [2, 2], [2, 2], [0, 0]])
+  geometry = Geometry(grad.shape.as_list(), padding)
+  pieces = tf.split(flipped, channels, axis=3) if len(channels) > 1 else [flipped]
+  grads, previous = [], list(after or [])
+  for piece in pieces:
+    grads.append(_convolve([grad], piece, geometry, [c_out], max_transform_bytes, after=previous))
+    previous = [grads[-1]]
+  return grads
+
+
+@_ops.RegisterGradient(GRADIENT_NAME)
+def conv2d_winograd_grad(op, grad, *unused_grads):
+  """Gradient of conv2d_winograd's IdentityN (out, parts..., filters): None for out (the transforms get no
+  gradient), the input gradient of each part, the filter gradient."""
+  parts, filters = list(op.inputs[1:-1]), op.inputs[-1]
+  if grad is None:
+    return [None] * len(op.inputs)
+  in_height, out_height = parts[0].shape.as_list()[1], grad.shape.as_list()[1]
+  padding = 'SAME' if in_height == out_height else 'VALID'
+  max_transform_bytes = op.get_attr(_MAX_BYTES_ATTR)
+  geometry, channels = _check(parts, filters, padding)
+  with tf.name_scope('winograd_filter_grad'):
+    dg = filter_gradient(parts, grad, geometry, max_transform_bytes)
+  with tf.name_scope('winograd_input_grad'):
+    # After the filter gradient: run concurrently, their transforms would add up.
+    dx = input_gradients(grad, filters, channels, padding, max_transform_bytes, after=[dg])
+  return [None] + dx + [dg]

@@ -191,3 +191,24 @@ def test_bench_winograd_quick(tmp_path):
   # The tiny model (one unit per block): block3's and block4's conv2.
   assert model['backbone_winograd_convs'] == {'checkpoint direct': 0, 'checkpoint winograd fusion only': 0,
                                               'checkpoint winograd': 2}
+
+
+def test_bench_winograd_train_quick(tmp_path):
+  """`python -m bench.winograd --train --quick` (the tiny model's training step, direct vs winograd): interleaved
+  timings, finite losses and the memory of each variant from a fresh process."""
+  out = str(tmp_path / 'results')
+  proc = subprocess.run([sys.executable, '-m', 'bench.winograd', '--train', '--quick', '--out', out],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, 'winograd_train_quick.json')) as f:
+    shape = json.load(f)['train']['65x65 batch 2']
+  names = ['direct (default options)', 'winograd']
+  assert list(shape['speed']['variants']) == names
+  for name, timing in shape['speed']['variants'].items():
+    assert _positive(timing['best_s']) and timing['losses_finite'], name
+    assert timing['variant']['conv3x3_algorithm'] == ('winograd' if name == 'winograd' else 'direct')
+  assert list(shape['memory']) == names
+  assert all(_positive(worker['memory']['vmhwm_steps_bytes']) for worker in shape['memory'].values())
+  with open(os.path.join(out, 'winograd_train_quick.md')) as f:
+    assert '| winograd |' in f.read()
