@@ -517,6 +517,8 @@ def main(argv=None):
   results['gate'] = _gate(results)
   results['command'], results['started'] = command, started
   base = ('winograd_model' if args.only_model else 'winograd') + ('_quick' if args.quick else '')
+  if args.only_model and not args.quick and list(args.model_size) != [713, 713]:
+    base += '_%dx%d' % tuple(args.model_size)  # beside the 713x713 results, not over them
   common.write_json(os.path.join(args.out, base + '.json'), results)
   with open(os.path.join(args.out, base + '.md'), 'w') as f:
     f.write(_markdown(results, command, started))
