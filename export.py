@@ -62,6 +62,9 @@ def define_flags():
   flags.DEFINE_string('trained_checkpoint', None, 'A checkpoint prefix or a training directory (its latest '
                       'checkpoint). Without it only the figures are computed.')
   flags.DEFINE_string('output_dir', None, 'Directory for the exported files.')
+  flags.DEFINE_string('config_override', '', 'Text-format PipelineConfig fragment merged over the config, '
+                      'e.g. \'model { pspnet { conv3x3_algorithm: "winograd" } }\' (the faster CPU graph: '
+                      'same weights).')
   flags.DEFINE_string('input_shape', '1,1024,2048,3', 'Shape of the uint8 `inputs` placeholder: N,H,W,3 '
                       '(predictions int32 [N,H,W]) or H,W,3 (predictions [H,W]); -1 for a dynamic dimension '
                       '(a dynamic H or W needs --pad_to_shape).')
@@ -86,7 +89,8 @@ def define_flags():
 
 def main(argv):
   del argv
-  config = config_util.load_pipeline_config(FLAGS.config_path)
+  config = config_util.load_pipeline_config(FLAGS.config_path, FLAGS.config_override)
+  config_path = config_util.config_source(FLAGS.config_path, FLAGS.config_override)
   if FLAGS.num_timing_runs < 0 or FLAGS.num_warmup_runs < 0:
     raise UserError('--num_timing_runs = %d, --num_warmup_runs = %d: must be >= 0'
                     % (FLAGS.num_timing_runs, FLAGS.num_warmup_runs))
@@ -97,13 +101,13 @@ def main(argv):
   check_input_pixels(input_shape, pad_to_shape)
   if not FLAGS.trained_checkpoint:
     logger.info('No --trained_checkpoint: computing the model figures only (timing with random weights).')
-  with config_util.naming_config_file(FLAGS.config_path):
+  with config_util.naming_config_file(config_path):
     result = exporter.export(
         config.model, FLAGS.output_dir, trained_checkpoint=FLAGS.trained_checkpoint,
         input_shape=input_shape, pad_to_shape=pad_to_shape,
         num_timing_runs=FLAGS.num_timing_runs, num_warmup_runs=FLAGS.num_warmup_runs,
         export_checkpoint=FLAGS.export_checkpoint, checkpoint_only=FLAGS.checkpoint_only,
-        session_config=session_config, config_path=FLAGS.config_path, compute_dtype=FLAGS.compute_dtype)
+        session_config=session_config, config_path=config_path, compute_dtype=FLAGS.compute_dtype)
   for line in exporter.format_figures(result.figures):
     print(line)
   print('Figures written to %s/%s' % (FLAGS.output_dir, exporter.FIGURES_NAME))

@@ -42,11 +42,10 @@ _ROOT_DEPTH = 64
 # How the 3x3 convs may run (conv3x3_algorithm).
 CONV3X3_ALGORITHMS = ('direct', 'winograd')
 # Blocks whose stride-1 bottleneck 3x3 convs conv3x3_algorithm 'winograd' converts; the others stay direct, and so
-# does every stride-2 conv (block1/unit_3 at output stride 8). Measured at 713x713 on a 2-core AVX-512 EPYC
-# (bench/results/winograd_model.md, interleaved, Winograd time / direct time, TensorFlow defaults): block1 (64
-# channels over 179x179) 1.6x, block2 (128 over 90x90) 1.2x: with so few channels the transforms, which scale
-# with the map, outweigh the saved products; block3 (256, rate 2) 0.82-0.87x, block4 (512, rate 4) 0.66-0.68x.
-# (oneDNN off: 1.3-1.6x, 0.94-1.13x, 0.67-0.83x, 0.63-0.65x.) A per-block rule rather than a channel threshold,
+# does every stride-2 conv (block1/unit_3 at output stride 8). Chosen by measurement per layer
+# (bench/results/README.md, "Winograd", the backbone table): block1 (64 channels over 179x179) and block2 (128 over
+# 90x90) lose, since with so few channels the transforms, which scale with the map, outweigh the saved products;
+# block3 (256, rate 2) and block4 (512, rate 4) win. A per-block rule rather than a channel threshold,
 # so that scaled-down models (filter_scale) build the same layout.
 WINOGRAD_BLOCKS = ('block3', 'block4')
 
