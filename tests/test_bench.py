@@ -167,14 +167,18 @@ def test_bench_compare_matches_anchors_by_parameter_count():
   assert compare.labels(['configs/a.config', 'b/a.config', 'c.config']) == ['a (1)', 'a (2)', 'c']
 
 
+def _run_bench_winograd(*args):
+  """`python -m bench.winograd ARGS` in a fresh process; fails the test on a non-zero exit."""
+  proc = subprocess.run([sys.executable, '-m', 'bench.winograd'] + list(args), cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=600, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_bench_winograd_quick(tmp_path):
   """`python -m bench.winograd --quick` (small shapes, the tiny model; oneDNN-off section skipped) writes every
   formulation's figures, errors at float32 rounding, and the whole-model agreement."""
   out = str(tmp_path / 'results')
-  proc = subprocess.run([sys.executable, '-m', 'bench.winograd', '--quick', '--no_onednn_off', '--out', out],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                        env=dict(os.environ, PYTHONPATH=REPO_ROOT))
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  _run_bench_winograd('--quick', '--no_onednn_off', '--out', out)
   with open(os.path.join(out, 'winograd_quick.json')) as f:
     results = json.load(f)
   cases = results['sections']['TensorFlow defaults']['cases']
@@ -197,10 +201,7 @@ def test_bench_winograd_train_quick(tmp_path):
   """`python -m bench.winograd --train --quick` (the tiny model's training step, direct vs winograd): interleaved
   timings, finite losses and the memory of each variant from a fresh process."""
   out = str(tmp_path / 'results')
-  proc = subprocess.run([sys.executable, '-m', 'bench.winograd', '--train', '--quick', '--out', out],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                        env=dict(os.environ, PYTHONPATH=REPO_ROOT))
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  _run_bench_winograd('--train', '--quick', '--out', out)
   with open(os.path.join(out, 'winograd_train_quick.json')) as f:
     shape = json.load(f)['train']['65x65 batch 2']
   names = ['direct (default options)', 'winograd']
