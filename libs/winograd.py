@@ -38,10 +38,14 @@ reads the convolution's inputs and filter from the op itself (so memory-saving r
 with their inputs remapped, gets the gradient of the copies), and computes
   * the input gradient as the transposed convolution: a 3x3 convolution of dy with the kernel flipped 180
     degrees, input and output channels swapped (SAME: SAME; VALID: dy zero-padded by 2, VALID), itself by
-    F(2x2, 3x3), one per input part (no concat, no split);
+    F(2x2, 3x3), one per input part (no concat, no split; the flip is a reordering of the filter transform's
+    taps, so the flipped kernel is never built);
   * the filter gradient in Winograd form: dU_kl = sum over chunks V_kl^T . dM_kl, dM = (A^T (x) A^T)^T . dy's
     2x2 tiles, dg = (G (x) G)^T . dU, with V recomputed from the inputs chunk by chunk, one part at a time, once
     dy exists (so nothing of the forward's transforms stays alive for backprop).
+Every op of the gradient, weight-only ones included (padding, filter transforms), hangs from dy by data or by
+control dependencies, so none runs during the forward pass and holds its result until backprop arrives; in the
+forward, each part's U is computed just before its product, once the part exists.
 The filter gradient runs before the input gradient (it is the last reader of the input). Second derivatives are
 TensorFlow's automatic ones of that gradient graph: neither needed nor tested.
 """
@@ -62,8 +66,10 @@ GRADIENT_NAME = 'PSPNetWinogradConv2D'
 # Attribute of the IdentityN carrying the gradient: the forward's max_transform_bytes, reused by the backward.
 _MAX_BYTES_ATTR = '_winograd_max_transform_bytes'
 
-# Bytes of the transformed input V per chunk of tile rows (the 713x713 fusion conv's 530 MB fits in one).
-DEFAULT_MAX_TRANSFORM_BYTES = 2**29
+# Bytes of the transformed input V per chunk of tile rows (the 713x713 fusion conv's 530 MB takes 9 chunks): a
+# chunk's gather, V and products are the transient a conv adds; smaller chunks cost little time down to this size
+# (bench/results/README.md, "Winograd").
+DEFAULT_MAX_TRANSFORM_BYTES = 2**26
 
 
 class Geometry(object):
@@ -92,15 +98,28 @@ class Geometry(object):
     self.pads = [[0, 0], [before, self.padded_height - before - self.height],
                  [before, self.padded_width - before - self.width], [0, 0]]
 
-  def window_indices(self, first_row, rows):
-    """int32 [16, N * rows * tile_cols]: pixel indices (into the padded input as [N * H_p * W_p, C]) of the
-    4x4 windows of tile rows [first_row, first_row + rows), window position (r, s) -> row 4 r + s."""
+  def window_indices(self, first_row, rows, padded_height=None):
+    """int32 [16, N * rows * tile_cols]: pixel indices (into a padded input [N, padded_height, W_p, C] seen as
+    [N * padded_height * W_p, C]; padded_height: H_p, or 2 * rows + 2 for pad_rows' slice with first_row 0) of
+    the 4x4 windows of tile rows [first_row, first_row + rows), window position (r, s) -> row 4 r + s."""
+    padded_height = self.padded_height if padded_height is None else padded_height
     n = np.arange(self.batch)[:, None, None]
     i = np.arange(first_row, first_row + rows)[None, :, None]
     j = np.arange(self.tile_cols)[None, None, :]
-    corner = (n * self.padded_height + 2 * i) * self.padded_width + 2 * j
+    corner = (n * padded_height + 2 * i) * self.padded_width + 2 * j
     offsets = [r * self.padded_width + s for r in range(4) for s in range(4)]
     return np.stack([(corner + o).reshape(-1) for o in offsets]).astype(np.int32)
+
+  def pad_rows(self, inputs, first_row, rows):
+    """The rows of the zero-padded input under tile rows [first_row, first_row + rows): [N, H, W, C] ->
+    [N, 2 * rows + 2, W_p, C] (a slice of the input, padded; the whole padded input for a single chunk), so
+    that a chunk never needs the whole input padded."""
+    top = 2 * first_row - self.pads[1][0]  # input row of the slice's first row
+    bottom = top + 2 * rows + 2
+    low, high = max(0, top), min(self.height, bottom)
+    if (low, high) != (0, self.height):
+      inputs = inputs[:, low:high]
+    return tf.pad(inputs, [[0, 0], [low - top, bottom - high], self.pads[2], [0, 0]])
 
 
 def _static_shape(tensor, what):
@@ -110,18 +129,30 @@ def _static_shape(tensor, what):
   return shape
 
 
-def filter_transform(filters):
-  """U = G g G^T of every (input, output) channel pair: [3, 3, C_in, C_out] -> [16, C_in, C_out]."""
+def filter_transform(filters, first_channel=0, channels=None, flipped=False):
+  """U = G g G^T of every (input, output) channel pair of input channels [first_channel, first_channel +
+  channels) (default: all): [3, 3, C_in, C_out] -> [16, channels, C_out].
+
+  flipped: the transform of the kernel rotated by 180 degrees (the input gradient's), in the same layout (the
+  products then take U_kl transposed: [16, channels, C_out] serves as [16, C_out, channels]). The rotation
+  reverses the order of the 9 taps, so it is a reordering of the columns of G (x) G, not an op on the kernel.
+  """
   _, _, c_in, c_out = _static_shape(filters, 'filters')
-  gg = tf.constant(np.kron(G, G), filters.dtype)
-  return tf.reshape(tf.matmul(gg, tf.reshape(filters, [9, c_in * c_out])), [16, c_in, c_out])
+  channels = c_in - first_channel if channels is None else channels
+  gg = np.kron(G, G)
+  gg = tf.constant(gg[:, ::-1] if flipped else gg, filters.dtype)
+  taps = tf.reshape(filters, [9, c_in, c_out])
+  if channels != c_in:
+    taps = taps[:, first_channel:first_channel + channels]
+  return tf.reshape(tf.matmul(gg, tf.reshape(taps, [9, channels * c_out])), [16, channels, c_out])
 
 
 def input_transform(padded, geometry, first_row, rows):
   """V = B^T d B of the windows of tile rows [first_row, first_row + rows).
 
   Args:
-    padded: [N, H_p, W_p, C] zero-padded input (geometry.pads).
+    padded: [N, H_p, W_p, C] zero-padded input (geometry.pads), or pad_rows' [N, 2 * rows + 2, W_p, C] with
+      first_row 0.
     geometry: Geometry.
     first_row, rows: python ints, the chunk of tile rows.
 
@@ -130,7 +161,7 @@ def input_transform(padded, geometry, first_row, rows):
   """
   c = padded.shape.as_list()[-1]
   pixels = tf.reshape(padded, [-1, c])
-  windows = tf.gather(pixels, tf.constant(geometry.window_indices(first_row, rows)))
+  windows = tf.gather(pixels, tf.constant(geometry.window_indices(first_row, rows, padded.shape.as_list()[1])))
   bb = tf.constant(np.kron(B_T, B_T), padded.dtype)
   return tf.reshape(tf.matmul(bb, tf.reshape(windows, [16, -1])), [16, -1, c])
 
@@ -166,31 +197,50 @@ def _check(parts, filters, padding):
   return Geometry(shapes[0], padding), [s[3] for s in shapes]
 
 
-def _convolve(parts, filters, geometry, channels, max_transform_bytes, after=None):
-  """The F(2x2, 3x3) convolution of the channel concat of `parts` [N, H, W, C_i] by filters [3, 3, C_in, C_out]
-  -> [N, H', W', C_out]; its first gather waits for the ops `after`."""
-  c_out = filters.shape.as_list()[-1]
-  transformed = filter_transform(filters)
-  transformed = tf.split(transformed, channels, axis=1) if len(parts) > 1 else [transformed]
-  padded = [tf.pad(p, geometry.pads) for p in parts]
-  rows = chunk_rows(geometry, max(sum(channels), c_out), filters.dtype.size, max_transform_bytes)
+def _convolve(parts, filter_transforms, c_out, geometry, max_transform_bytes, after=None, transposed=False):
+  """The F(2x2, 3x3) convolution of the channel concat of `parts` [N, H, W, C_i] -> [N, H', W', C_out].
+
+  filter_transforms: one function per part building its U [16, C_i, C_out] (transposed=True: [16, C_out, C_i],
+    used transposed). Every op of the convolution runs in one chain, in order: part 0's padding and U (once the
+    part exists and the ops `after` have run), its windows' V and product, then part 1's, ..., chunk by chunk;
+    so that neither U nor a padded copy is computed early and held (in training, the gradients' own weight
+    transforms would otherwise run at the start of the step and stay alive through the forward pass), and one
+    V is alive at a time. Each chunk pads only its own rows of a part (Geometry.pad_rows).
+  """
+  rows = chunk_rows(geometry, max(sum(p.shape.as_list()[-1] for p in parts), c_out), parts[0].dtype.size,
+                    max_transform_bytes)
+  transformed = [None] * len(parts)
   chunks, previous = [], list(after or [])
   for first in range(0, geometry.tile_rows, rows):
     count = min(rows, geometry.tile_rows - first)
     total = None
-    for p, u in zip(padded, transformed):
-      # Chained: the next part's (or chunk's) windows are gathered only once the previous product exists, so
-      # that one V is alive at a time.
+    for i, part in enumerate(parts):
       with tf.control_dependencies(previous):
-        product = tf.matmul(input_transform(p, geometry, first, count), u)
-      previous = [product]
+        padded = geometry.pad_rows(part, first, count)
+        if transformed[i] is None:
+          with tf.control_dependencies([padded]):
+            transformed[i] = filter_transforms[i]()
+        product = tf.matmul(input_transform(padded, geometry, 0, count), transformed[i],
+                            transpose_b=transposed)
       total = product if total is None else total + product
+      # The next step waits for the running sum, not the product: an add that drives a control dependency is
+      # left alone by grappler's AddOpsRewrite, which would otherwise turn the chain into one AddN holding
+      # every part's product at once.
+      previous = [total]
     previous = [output_transform(total, geometry, count)]
     chunks.append(previous[0])
   out = tf.concat(chunks, axis=1) if len(chunks) > 1 else chunks[0]
   if out.shape.as_list()[1:3] != [geometry.out_height, geometry.out_width]:
     out = out[:, :geometry.out_height, :geometry.out_width]
   return out
+
+
+def _part_transforms(filters, channels, flipped=False):
+  """filter_transform of each part's input channels, as functions for _convolve."""
+  offsets = np.cumsum([0] + list(channels[:-1]))
+  whole = len(channels) == 1
+  return [(lambda first=int(first), c=c: filter_transform(filters, first, None if whole else c, flipped))
+          for first, c in zip(offsets, channels)]
 
 
 def conv2d_winograd(inputs, filters, padding='SAME', max_transform_bytes=DEFAULT_MAX_TRANSFORM_BYTES,
@@ -217,7 +267,8 @@ def conv2d_winograd(inputs, filters, padding='SAME', max_transform_bytes=DEFAULT
   parts = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
   with tf.name_scope(name, 'conv2d_winograd', parts + [filters]):
     geometry, channels = _check(parts, filters, padding)
-    out = _convolve(parts, filters, geometry, channels, max_transform_bytes)
+    out = _convolve(parts, _part_transforms(filters, channels), filters.shape.as_list()[-1], geometry,
+                    max_transform_bytes)
     # The gradient's op: reads (out, parts..., filters); only `out` is passed on.
     with tf.get_default_graph().gradient_override_map({'IdentityN': GRADIENT_NAME}):
       identity = tf.identity_n([out] + parts + [filters], name='with_gradient')
@@ -239,8 +290,8 @@ def filter_gradient(parts, grad, geometry, max_transform_bytes):
   """dL/dg [3, 3, C_in, C_out] of conv2d_winograd(parts, g) from grad = dL/dy [N, H', W', C_out].
 
   dU_kl [C_i, C_out] = sum over tiles of V_kl^T dM_kl per part, dM = (A^T (x) A^T)^T . dy's tiles; then
-  dg = (G (x) G)^T . dU. V is recomputed from the parts, in the forward's chunks, one part at a time; the first
-  gather waits for dy so that it is not run (and held) during the forward pass.
+  dg = (G (x) G)^T . dU. V is recomputed from the parts, in the forward's chunks, one part at a time. All of it
+  runs in one chain that starts from dy: no part is padded (and held) before backprop reaches the convolution.
   """
   c_out = grad.shape.as_list()[-1]
   channels = [p.shape.as_list()[-1] for p in parts]
@@ -249,17 +300,19 @@ def filter_gradient(parts, grad, geometry, max_transform_bytes):
     # The outputs the forward computed and cropped have a zero gradient.
     grad = tf.pad(grad, [[0, 0], [0, extra_rows], [0, extra_cols], [0, 0]])
   aa = tf.constant(np.kron(A_T, A_T), grad.dtype)
-  padded = [tf.pad(p, geometry.pads) for p in parts]
   rows = chunk_rows(geometry, max(sum(channels), c_out), grad.dtype.size, max_transform_bytes)
-  sums, previous = [None] * len(parts), None
+  sums, previous = [None] * len(parts), [grad]
   for first in range(0, geometry.tile_rows, rows):
     count = min(rows, geometry.tile_rows - first)
-    dm = tf.reshape(tf.matmul(aa, dy_tiles(grad, geometry, first, count), transpose_a=True), [16, -1, c_out])
-    for i, p in enumerate(padded):
-      with tf.control_dependencies([dm if previous is None else previous]):
-        v = input_transform(p, geometry, first, count)
-      previous = tf.matmul(v, dm, transpose_a=True)
-      sums[i] = previous if sums[i] is None else sums[i] + previous
+    with tf.control_dependencies(previous):
+      dm = tf.reshape(tf.matmul(aa, dy_tiles(grad, geometry, first, count), transpose_a=True), [16, -1, c_out])
+    previous = [dm]
+    for i, part in enumerate(parts):
+      with tf.control_dependencies(previous):
+        v = input_transform(geometry.pad_rows(part, first, count), geometry, 0, count)
+      product = tf.matmul(v, dm, transpose_a=True)
+      sums[i] = product if sums[i] is None else sums[i] + product
+      previous = [sums[i]]  # (the running sum, as in _convolve)
   gg = tf.constant(np.kron(G, G), grad.dtype)
   filters = [tf.reshape(tf.matmul(gg, tf.reshape(du, [16, -1]), transpose_a=True), [3, 3, c, c_out])
              for du, c in zip(sums, channels)]
@@ -269,16 +322,16 @@ def filter_gradient(parts, grad, geometry, max_transform_bytes):
 def input_gradients(grad, filters, channels, padding, max_transform_bytes, after=None):
   """dL/dx of each input part [N, H, W, C_i] from grad = dL/dy [N, H', W', C_out]: the transposed convolution,
   conv2d(dy, rot180(g)^T) by F(2x2, 3x3) (SAME: SAME; VALID: dy zero-padded by 2, VALID), one per part, the
-  parts one after another; the first waits for the ops `after`."""
-  c_out = filters.shape.as_list()[-1]
-  flipped = tf.transpose(tf.reverse(filters, [0, 1]), [0, 1, 3, 2])
-  if padding == 'VALID':
-    grad = tf.pad(grad, [[0, 0], [2, 2], [2, 2], [0, 0]])
+  parts one after another, the first once the ops `after` have run. The rotated kernel is never built: each
+  part's U is filter_transform(flipped=True) of its slice of g, used transposed."""
+  with tf.control_dependencies(after or []):
+    if padding == 'VALID':
+      grad = tf.pad(grad, [[0, 0], [2, 2], [2, 2], [0, 0]])
   geometry = Geometry(grad.shape.as_list(), padding)
-  pieces = tf.split(flipped, channels, axis=3) if len(channels) > 1 else [flipped]
   grads, previous = [], list(after or [])
-  for piece in pieces:
-    grads.append(_convolve([grad], piece, geometry, [c_out], max_transform_bytes, after=previous))
+  for transform, c in zip(_part_transforms(filters, channels, flipped=True), channels):
+    grads.append(_convolve([grad], [transform], c, geometry, max_transform_bytes, after=previous,
+                           transposed=True))
     previous = [grads[-1]]
   return grads
 

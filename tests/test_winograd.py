@@ -99,10 +99,68 @@ def test_gradient_recomputes_the_transforms_and_scatters_nothing():
   assert y.op.type == 'IdentityN' and y.op.get_attr('_gradient_op_type') == winograd.GRADIENT_NAME.encode()
 
 
+def _ancestors(op):
+  """Every op `op` waits for, by data or control edges."""
+  seen, stack = set(), [op]
+  while stack:
+    current = stack.pop()
+    for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+      if parent not in seen:
+        seen.add(parent)
+        stack.append(parent)
+  return seen
+
+
+def _chained_graph(parts_channels=(4, 1, 2), per_row=16 * 2 * 4 * 7 * 8):
+  """A variable kernel, parts computed from a placeholder (as a network's activations), chunked conv, gradients."""
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.placeholder(tf.float32, [2, 9, 8, sum(parts_channels)], name='x')
+    kernel = tf.Variable(tf.zeros([3, 3, sum(parts_channels), 3]), name='kernel')
+    parts = [tf.nn.relu(p) for p in tf.split(x, list(parts_channels), axis=3)]
+    y = winograd.conv2d_winograd(parts, kernel, max_transform_bytes=per_row)
+    dy = tf.identity(tf.ones_like(y) * tf.reduce_sum(x), name='dy')
+    grads = tf.gradients(y, [x, kernel], grad_ys=dy)
+  return graph, parts, dy, grads
+
+
+def test_nothing_of_the_gradient_runs_before_dy_nor_a_filter_transform_before_its_input():
+  # Weight-only ops (the filter transforms of the flipped kernel, the padding of the forward's inputs) would
+  # otherwise run at the start of the step and be held through the forward pass.
+  graph, parts, dy, _ = _chained_graph()
+  ops = graph.get_operations()
+  gradient_ops = [op for op in ops if '/winograd_' in op.name and op.type != 'Const']
+  assert gradient_ops
+  early = [op.name for op in gradient_ops if dy.op not in _ancestors(op)]
+  assert not early, early
+  forward = [op for op in ops if op.name.startswith('conv2d_winograd/') and '/with_gradient' not in op.name
+             and op.type not in ('Const', 'ReadVariableOp')]
+  part_ops = {p.op for p in parts}
+  unfed = [op.name for op in forward if not part_ops & _ancestors(op)]
+  assert not unfed, unfed
+
+
+def test_running_sums_stay_chains_under_grappler():
+  # grappler's AddOpsRewrite turns a chain of adds into one AddN (every product alive at once) unless the adds
+  # drive control dependencies.
+  graph, _, _, grads = _chained_graph()
+  with graph.as_default():
+    init = tf.global_variables_initializer()
+  metadata = tf.RunMetadata()
+  with tf.Session(graph=graph) as sess:  # grappler on, as in training
+    sess.run(init)
+    sess.run(grads, {graph.get_tensor_by_name('x:0'): np.ones([2, 9, 8, 7], np.float32)},
+             options=tf.RunOptions(output_partition_graphs=True), run_metadata=metadata)
+  rewritten = [node.name for g in metadata.partition_graphs for node in g.node
+               if 'winograd' in node.name and 'AddOpsRewrite' in node.name]
+  assert not rewritten, rewritten
+
+
 def test_chunk_rows_bound_the_transformed_input():
   geometry = winograd.Geometry([1, 90, 90, 4096], 'SAME')
   assert (geometry.tile_rows, geometry.tile_cols, geometry.pads[1]) == (45, 45, [1, 1])
-  assert winograd.chunk_rows(geometry, 4096, 4, winograd.DEFAULT_MAX_TRANSFORM_BYTES) == 45  # 530 MB: one chunk
+  assert winograd.chunk_rows(geometry, 4096, 4, 2**29) == 45  # 530 MB: one chunk of 512 MiB
+  assert winograd.chunk_rows(geometry, 4096, 4, 2**26) == 5  # 9 chunks of <= 64 MiB
   large = winograd.Geometry([1, 128, 256, 4096], 'SAME')
   rows = winograd.chunk_rows(large, 4096, 4, winograd.DEFAULT_MAX_TRANSFORM_BYTES)
   assert 16 * rows * large.tile_cols * 4096 * 4 <= winograd.DEFAULT_MAX_TRANSFORM_BYTES < (
