@@ -122,7 +122,9 @@ def _build(spec, variant):
                if variant['input'] in ('memory', 'generated') else contextlib.nullcontext())
     with context:
       g = trainer.build_training_graph(config, options)
-    forward = [op for op in graph.get_operations() if not op.name.startswith('gradients')]
+    # The model's own forward ops: not the gradients, nor memory-saving gradients' recomputed copies.
+    forward = [op for op in graph.get_operations()
+               if not op.name.startswith(('gradients', 'memory_saving_gradients'))]
     macs = _forward_macs(forward)
     init = tf.global_variables_initializer()
   sess = tf.Session(graph=graph, config=common.session_config(variant['intra'], variant['inter'],

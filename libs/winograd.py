@@ -290,8 +290,9 @@ def filter_gradient(parts, grad, geometry, max_transform_bytes):
   """dL/dg [3, 3, C_in, C_out] of conv2d_winograd(parts, g) from grad = dL/dy [N, H', W', C_out].
 
   dU_kl [C_i, C_out] = sum over tiles of V_kl^T dM_kl per part, dM = (A^T (x) A^T)^T . dy's tiles; then
-  dg = (G (x) G)^T . dU. V is recomputed from the parts, in the forward's chunks, one part at a time. All of it
-  runs in one chain that starts from dy: no part is padded (and held) before backprop reaches the convolution.
+  dg = (G (x) G)^T . dU. V is recomputed from the parts, in the forward's chunks, one part after another (each
+  part's dU summed over the chunks and turned into its dg before the next part starts). All of it runs in one
+  chain that starts from dy: no part is padded (and held) before backprop reaches the convolution.
   """
   c_out = grad.shape.as_list()[-1]
   channels = [p.shape.as_list()[-1] for p in parts]
@@ -300,22 +301,24 @@ def filter_gradient(parts, grad, geometry, max_transform_bytes):
     # The outputs the forward computed and cropped have a zero gradient.
     grad = tf.pad(grad, [[0, 0], [0, extra_rows], [0, extra_cols], [0, 0]])
   aa = tf.constant(np.kron(A_T, A_T), grad.dtype)
+  gg = tf.constant(np.kron(G, G), grad.dtype)
   rows = chunk_rows(geometry, max(sum(channels), c_out), grad.dtype.size, max_transform_bytes)
-  sums, previous = [None] * len(parts), [grad]
-  for first in range(0, geometry.tile_rows, rows):
-    count = min(rows, geometry.tile_rows - first)
-    with tf.control_dependencies(previous):
-      dm = tf.reshape(tf.matmul(aa, dy_tiles(grad, geometry, first, count), transpose_a=True), [16, -1, c_out])
-    previous = [dm]
-    for i, part in enumerate(parts):
+  filters, previous = [], [grad]
+  # Parts outer, chunks inner: one part's dU [16, C_i, C_out] is alive at a time (it is 16/9 of the part's
+  # filter gradient), at the price of recomputing each chunk's dM (4x dy, 16 x 4 MACs an element) per part.
+  for part, c in zip(parts, channels):
+    du = None
+    for first in range(0, geometry.tile_rows, rows):
+      count = min(rows, geometry.tile_rows - first)
       with tf.control_dependencies(previous):
+        dm = tf.reshape(tf.matmul(aa, dy_tiles(grad, geometry, first, count), transpose_a=True),
+                        [16, -1, c_out])
         v = input_transform(geometry.pad_rows(part, first, count), geometry, 0, count)
       product = tf.matmul(v, dm, transpose_a=True)
-      sums[i] = product if sums[i] is None else sums[i] + product
-      previous = [sums[i]]  # (the running sum, as in _convolve)
-  gg = tf.constant(np.kron(G, G), grad.dtype)
-  filters = [tf.reshape(tf.matmul(gg, tf.reshape(du, [16, -1]), transpose_a=True), [3, 3, c, c_out])
-             for du, c in zip(sums, channels)]
+      du = product if du is None else du + product
+      previous = [du]  # (the running sum, as in _convolve)
+    filters.append(tf.reshape(tf.matmul(gg, tf.reshape(du, [16, -1]), transpose_a=True), [3, 3, c, c_out]))
+    previous = [filters[-1]]
   return tf.concat(filters, axis=2) if len(filters) > 1 else filters[0]
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from bench import plot
 from tests.conftest import REPO_ROOT
@@ -213,3 +214,70 @@ def test_bench_winograd_train_quick(tmp_path):
   assert all(_positive(worker['memory']['vmhwm_steps_bytes']) for worker in shape['memory'].values())
   with open(os.path.join(out, 'winograd_train_quick.md')) as f:
     assert '| winograd |' in f.read()
+
+
+def test_peer_is_the_toolkits_network_in_plain_tf1_ops():
+  """bench/peers.py's hand-written PSPNet50 does the toolkit's arithmetic: the same convolution MACs (SpaceToBatch
+  padding included) as the toolkit's graph at the tiny scale, in inference and in the training forward (the
+  auxiliary head), and none of the toolkit's layers."""
+  from bench import common  # pylint: disable=import-outside-toplevel
+  from bench import peers  # pylint: disable=import-outside-toplevel
+  from bench import train_speed  # pylint: disable=import-outside-toplevel
+  from drivers import exporter  # pylint: disable=import-outside-toplevel
+  from drivers import inference_graph  # pylint: disable=import-outside-toplevel
+  from libs.compat import tf  # pylint: disable=import-outside-toplevel
+  size = (97, 97)
+  graph, _, _, peer_gmacs = peers.build_peer_inference(size, **peers.QUICK_PEER)
+  assert not [op.name for op in graph.get_operations() if 'resnet_v1_50' in op.name or 'PSPModule' in op.name]
+  with tf.Graph().as_default() as ours:
+    model = inference_graph.build_inference_model(common.load_pipeline_config(True).model)
+    inference_graph.build_inference_graph(model, (1,) + size + (3,), size)
+  assert peer_gmacs == pytest.approx(exporter.count_conv_macs(ours)['total'] / 1e9, rel=1e-9)
+  _, _, _, peer_train_gmacs = peers.build_peer_training(65, 2, **peers.QUICK_PEER)
+  sess, _, our_train_gmacs = train_speed._build(  # pylint: disable=protected-access
+      {'quick': True, 'crop': 65, 'batch': 2, 'records': None},
+      train_speed._variant('direct', **train_speed.SPEED_ON))  # pylint: disable=protected-access
+  sess.close()
+  assert peer_train_gmacs == pytest.approx(our_train_gmacs, rel=1e-9)
+
+
+def test_peer_training_step_learns():
+  """The peer's training step (momentum, L2, aux loss, batch-norm moving averages) lowers its loss on a repeated
+  batch and moves the moving averages."""
+  from bench import peers  # pylint: disable=import-outside-toplevel
+  from libs.compat import tf  # pylint: disable=import-outside-toplevel
+  graph, train_op, loss, _ = peers.build_peer_training(49, 2, **peers.QUICK_PEER)
+  with graph.as_default():
+    init = tf.global_variables_initializer()
+    means = [v for v in tf.global_variables() if v.name.endswith('moving_mean:0')]
+  with tf.Session(graph=graph) as sess:
+    sess.run(init)
+    losses = [sess.run([train_op, loss])[1] for _ in range(8)]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert any(np.abs(m).max() > 0 for m in sess.run(means))
+
+
+def test_bench_peers_quick(tmp_path):
+  """`python -m bench.peers --quick`: the peer and the toolkit's graphs interleaved (inference and training), each
+  with its ratio to the peer and effective GMAC/s, the training rows' memory alone, against the measured peak."""
+  out = str(tmp_path / 'results')
+  proc = subprocess.run([sys.executable, '-m', 'bench.peers', '--quick', '--out', out], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, 'peers_quick.json')) as f:
+    results = json.load(f)
+  assert _positive(results['peak']['default']['fp32_peak_gmacs_per_s'])
+  [inference] = results['inference'].values()
+  assert list(inference['variants']) == [
+      'hand-written TF1 PSPNet50, untuned', 'ours: checkpoint graph, direct', 'ours: checkpoint graph, winograd',
+      'ours: frozen graph, winograd', 'ours: SavedModel, winograd']
+  for name, timing in inference['variants'].items():
+    assert _positive(timing['best_s']) and _positive(timing['vs_peer']), name
+  assert inference['gmacs'] == pytest.approx(inference['peer_gmacs'], rel=1e-9)
+  [train] = results['train'].values()
+  assert list(train['speed']['variants']) == ['peer', 'direct', 'winograd']
+  for name, timing in train['speed']['variants'].items():
+    assert _positive(timing['best_s']) and timing['losses_finite'], name
+  assert all(_positive(train['memory'][row]['memory']['vmhwm_steps_bytes']) for row in ('peer', 'direct', 'winograd'))
+  with open(os.path.join(out, 'peers_quick.md')) as f:
+    assert '| hand-written TF1 PSPNet50, untuned |' in f.read()
