@@ -180,8 +180,9 @@ class PSPNetArchitecture(segmentation_model.SegmentationModel):
       low_memory_conv_gradients: the PSP fusion conv and the aux head conv get libs/conv_gradients.py's
         gradients (no whole-image im2col buffers); only gradients differ, and only in rounding.
       conv3x3_algorithm: how the 3x3 convs run: 'direct' (slim.conv2d) or 'winograd': libs/winograd.py's
-        F(2x2, 3x3) for the PSP fusion conv (over the concat's parts, no concat built) and for the stride-1
-        bottleneck convs of the backbone blocks that win by it (dilated_resnet_v1.WINOGRAD_BLOCKS). Same
+        F(2x2, 3x3) for the PSP fusion conv (over the concat's parts, no concat built), for the stride-1
+        bottleneck convs of the backbone blocks that win by it (dilated_resnet_v1.WINOGRAD_BLOCKS) and for the
+        auxiliary head's 3x3 conv. Same
         variables and names of variables; results differ in rounding only.
 
     Raises:
@@ -243,8 +244,13 @@ class PSPNetArchitecture(segmentation_model.SegmentationModel):
         if self.builds_aux_head:
           block3 = self._block_outputs(end_points)[2]
           with tf.variable_scope(AUX_HEAD_SCOPE, values=[block3]):
-            with conv_gradients.low_memory_gradients(self._low_memory_conv_gradients):
-              aux = slim.conv2d(block3, self._scaled(self._aux_head_depth), 3, scope='Conv')
+            if self._conv3x3_algorithm == 'winograd':
+              aux = dilated_resnet_v1.conv2d_as_slim(
+                  block3, self._scaled(self._aux_head_depth), 3,
+                  lambda x, weights: winograd.conv2d_winograd(x, weights, 'SAME', name='Conv2D'), scope='Conv')
+            else:
+              with conv_gradients.low_memory_gradients(self._low_memory_conv_gradients):
+                aux = slim.conv2d(block3, self._scaled(self._aux_head_depth), 3, scope='Conv')
             outputs['aux_logits'] = self._classifier(aux, 'Logits')
     return outputs
 

@@ -1,6 +1,7 @@
 """Peers in the same run (issue 13): a hand-written, untuned TF1 PSPNet50 beside the toolkit's graphs.
 
-`python -m bench.peers [--quick] [--inference_sizes 713x713,1024x2048] [--train_shapes 385x2,713x1]`
+`python -m bench.peers [--quick] [--only inference|train] [--inference_sizes 713x713,1024x2048]
+[--train_shapes 385x2,713x1]`
 
 The peer is what a user writes with plain TensorFlow 1 ops and no tuning: none of the toolkit's code (its own
 layers below, `tensorflow.compat.v1` only), TensorFlow's defaults (oneDNN as TensorFlow decides, grappler on, the
@@ -29,7 +30,7 @@ Every row also gives its "effective" GMAC/s, the direct convolution's MACs of th
 
 PyTorch eager, the other peer of the issue, is not installed with the toolkit and cannot be installed here (its
 CPU wheels are not on PyPI); when `import torch` works a note says it was not measured rather than a number.
-Writes bench/results/peers[_quick].{json,md}.
+Writes bench/results/peers[_inference|_train][_quick].{json,md}.
 """
 import argparse
 import collections
@@ -362,12 +363,12 @@ def run(args):
   from bench import peak  # pylint: disable=import-outside-toplevel
   results['peak'] = {'default': common.run_worker('peak', peak.QUICK if args.quick else peak.FULL)}
   results['inference'] = collections.OrderedDict()
-  for size in args.inference_sizes:
+  for size in (args.inference_sizes if args.only != 'train' else ()):
     common.log('peers: inference %dx%d, interleaved' % size)
     results['inference']['%dx%d' % size] = common.run_worker('peers', {
         'kind': 'inference', 'quick': args.quick, 'size': list(size), 'runs': args.runs, 'warmup': 1})
   results['train'] = collections.OrderedDict()
-  for crop, batch in args.train_shapes:
+  for crop, batch in (args.train_shapes if args.only != 'inference' else ()):
     base = {'kind': 'train', 'quick': args.quick, 'crop': crop, 'batch': batch,
             'checkpoints': 'units' if args.quick else 'seed'}
     shape = collections.OrderedDict()
@@ -448,6 +449,8 @@ def main(argv=None):
                       help='HxW[,HxW...] (default 713x713,1024x2048)')
   parser.add_argument('--train_shapes', type=lambda t: _pairs(t, 'shapes'), default=None,
                       help='CROPxBATCH[,...] (default 385x2,713x1)')
+  parser.add_argument('--only', choices=('inference', 'train'), default=None,
+                      help='one section (writes peers_<section>[_quick].*)')
   parser.add_argument('--runs', type=int, default=5, help='timed inference runs per row')
   parser.add_argument('--train_runs', type=int, default=3, help='timed training steps per row')
   parser.add_argument('--out', default=os.path.join(common.REPO_ROOT, 'bench', 'results'))
@@ -462,7 +465,7 @@ def main(argv=None):
   command = 'python -m bench.peers ' + ' '.join(argv if argv is not None else sys.argv[1:])
   results = run(args)
   results.update(command=command.strip(), started=started)
-  base = os.path.join(args.out, 'peers' + ('_quick' if args.quick else ''))
+  base = os.path.join(args.out, 'peers' + ('_' + args.only if args.only else '') + ('_quick' if args.quick else ''))
   os.makedirs(args.out, exist_ok=True)
   common.write_json(base + '.json', results)
   text = markdown(results, command.strip(), started)

@@ -242,6 +242,9 @@ def test_model_option_keeps_variables_and_values_of_the_training_graph():
   assert 'PSPModule/concat' in forward_direct and 'PSPModule/concat' not in forward_wino
   assert any(name.startswith('PSPModule/Conv_4/Conv2D/') and kind == 'GatherV2'
              for name, kind in forward_wino.items())
+  # The auxiliary head's 3x3 conv (training graphs only).
+  assert forward_direct['AuxHead/Conv/Conv2D'] == 'Conv2D' and 'AuxHead/Conv/Conv2D' not in forward_wino
+  assert any(name.startswith('AuxHead/Conv/Conv2D/') and kind == 'GatherV2' for name, kind in forward_wino.items())
   # The backbone (one unit per block): block1's unit has stride 2 and block2 runs at rate 1, both direct; the
   # conv2 of block3 (rate 2) and block4 (rate 4) by Winograd inside slim's SpaceToBatchND form.
   backbone = 'SharedFeatureExtractor/resnet_v1_50/block%d/unit_1/bottleneck_v1/'
