@@ -96,11 +96,44 @@ def _session(variant, model_config, size, checkpoint, exports):
   return sess, endpoints.inputs, endpoints.predictions, graph
 
 
-def measure(spec):
-  """Worker: spec {quick, size [H, W], variants [...], runs, warmup} -> timings and agreement per variant."""
+def model_gmacs(model_config, size):
+  """Convolution GMACs of the model's batch-1 inference graph at size (H, W) (exporter.count_conv_macs)."""
   from drivers import exporter  # pylint: disable=import-outside-toplevel
   from drivers import inference_graph  # pylint: disable=import-outside-toplevel
   from libs.compat import tf  # pylint: disable=import-outside-toplevel
+  with tf.Graph().as_default() as graph:
+    inference_graph.build_inference_graph(inference_graph.build_inference_model(model_config),
+                                          (1,) + tuple(size) + (3,), tuple(size))
+    return exporter.count_conv_macs(graph)['total'] / 1e9
+
+
+def random_image(size):
+  """The one uint8 [1, H, W, 3] image every inference timing runs on."""
+  return np.random.RandomState(0).randint(0, 256, (1,) + tuple(size) + (3,)).astype(np.uint8)
+
+
+def time_sessions(sessions, image, runs, warmup):
+  """Times {name: (session, input, predictions, graph)} interleaved on one image, then closes the sessions.
+
+  Returns:
+    (OrderedDict {name: common.summarize() figures}, {name: the predictions of its first run}).
+  """
+  first = {}
+
+  def run_fn(name):
+    sess, inputs, predictions, _ = sessions[name]
+    return lambda: first.setdefault(name, sess.run(predictions, {inputs: image}))
+  try:
+    timings = common.interleaved(collections.OrderedDict((n, run_fn(n)) for n in sessions), runs, warmup)
+  finally:
+    for sess, _, _, _ in sessions.values():
+      sess.close()
+  return timings, first
+
+
+def measure(spec):
+  """Worker: spec {quick, size [H, W], variants [...], runs, warmup} -> timings and agreement per variant."""
+  from drivers import exporter  # pylint: disable=import-outside-toplevel
   size = tuple(spec['size'])
   model_config = common.load_pipeline_config(spec['quick']).model
   variants = spec['variants']
@@ -117,26 +150,12 @@ def measure(spec):
             model_config, exports[key], trained_checkpoint=checkpoint, input_shape=(1,) + size + (3,),
             pad_to_shape=size, num_timing_runs=0, compute_dtype=key))
         out.setdefault('export_seconds', {})[key] = export_seconds
-    image = np.random.RandomState(0).randint(0, 256, (1,) + size + (3,)).astype(np.uint8)
     sessions = collections.OrderedDict()
-    first_outputs = {}
     for variant in variants:
       sessions[variant['name']] = _session(variant, model_config, size, checkpoint, exports)
-    with tf.Graph().as_default() as graph:
-      inference_graph.build_inference_graph(inference_graph.build_inference_model(model_config),
-                                            (1,) + size + (3,), size)
-      gmacs = exporter.count_conv_macs(graph)['total'] / 1e9
+    gmacs = model_gmacs(model_config, size)
     out['gmacs'] = gmacs
-
-    def run_fn(name):
-      sess, inputs, predictions, _ = sessions[name]
-      def run():
-        result = sess.run(predictions, {inputs: image})
-        first_outputs.setdefault(name, result)
-      return run
-
-    fns = collections.OrderedDict((name, run_fn(name)) for name in sessions)
-    timings = common.interleaved(fns, spec['runs'], spec['warmup'])
+    timings, first_outputs = time_sessions(sessions, random_image(size), spec['runs'], spec['warmup'])
     reference = first_outputs.get(REFERENCE)
     for variant in variants:
       timing = timings[variant['name']]
@@ -146,8 +165,6 @@ def measure(spec):
         timing['agreement_with_fp32_checkpoint'] = float(np.mean(first_outputs[variant['name']] == reference))
       timing['variant'] = variant
     out['variants'] = timings
-    for sess, _, _, _ in sessions.values():
-      sess.close()
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   return out

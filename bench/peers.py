@@ -276,24 +276,14 @@ def _measure_inference(spec):
       variant = inference_speed._variant(name, source)  # pylint: disable=protected-access
       sessions[name] = inference_speed._session(  # pylint: disable=protected-access
           variant, configs[algorithm], size, checkpoint, {'float32': export_dir})
-    with tf1.Graph().as_default() as count_graph:
-      from drivers import inference_graph  # pylint: disable=import-outside-toplevel
-      inference_graph.build_inference_graph(inference_graph.build_inference_model(base), (1,) + size + (3,), size)
-    gmacs = _conv_gmacs(count_graph)
+    gmacs = inference_speed.model_gmacs(base, size)
     out.update(gmacs=gmacs, peer_gmacs=peer_gmacs)
-    image = np.random.RandomState(0).randint(0, 256, (1,) + size + (3,)).astype(np.uint8)
-
-    def run_fn(name):
-      sess, inputs, outputs, _ = sessions[name]
-      return lambda: sess.run(outputs, {inputs: image})
-    timings = common.interleaved(collections.OrderedDict((n, run_fn(n)) for n in sessions), spec['runs'],
-                                 spec['warmup'])
+    timings, _ = inference_speed.time_sessions(sessions, inference_speed.random_image(size), spec['runs'],
+                                               spec['warmup'])
     reference = timings['hand-written TF1 PSPNet50, untuned']['best_s']
     for timing in timings.values():
       timing.update(vs_peer=timing['best_s'] / reference, effective_gmacs_per_s=gmacs / timing['best_s'])
     out['variants'] = timings
-    for sess, _, _, _ in sessions.values():
-      sess.close()
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   return out

@@ -239,9 +239,7 @@ def _measure_model(spec):
   from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
   from bench import inference_speed  # pylint: disable=import-outside-toplevel
   from drivers import exporter  # pylint: disable=import-outside-toplevel
-  from drivers import inference_graph  # pylint: disable=import-outside-toplevel
   from architectures import dilated_resnet_v1  # pylint: disable=import-outside-toplevel
-  tf = tf_()
   size = tuple(spec['size'])
   base = common.load_pipeline_config(spec['quick']).model
   configs = {}
@@ -283,27 +281,16 @@ def _measure_model(spec):
         (name, len({op.name.split('/conv2/')[0] for op in sessions[name][3].get_operations()
                     if op.type == 'GatherV2' and '/bottleneck_v1/conv2/' in op.name}))
         for name in sessions if name.startswith('checkpoint'))
-    with tf.Graph().as_default() as graph:
-      inference_graph.build_inference_graph(inference_graph.build_inference_model(base), (1,) + size + (3,), size)
-      gmacs = exporter.count_conv_macs(graph)['total'] / 1e9
+    gmacs = inference_speed.model_gmacs(base, size)
     out['gmacs'] = gmacs
-    image = np.random.RandomState(0).randint(0, 256, (1,) + size + (3,)).astype(np.uint8)
-    first = {}
-    def run_fn(name):
-      sess, inputs, predictions, _ = sessions[name]
-      def run():
-        first.setdefault(name, sess.run(predictions, {inputs: image}))
-      return run
-    timings = common.interleaved(collections.OrderedDict((n, run_fn(n)) for n in sessions), spec['runs'],
-                                 spec['warmup'])
+    timings, first = inference_speed.time_sessions(sessions, inference_speed.random_image(size), spec['runs'],
+                                                   spec['warmup'])
     direct = timings['checkpoint direct']['best_s']
     for name, timing in timings.items():
       timing['vs_direct'] = timing['best_s'] / direct
       timing['gmacs_per_s'] = gmacs / timing['best_s']
       timing['agreement_with_direct'] = float(np.mean(first[name] == first['checkpoint direct']))
     out['variants'] = timings
-    for sess, _, _, _ in sessions.values():
-      sess.close()
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   return out
