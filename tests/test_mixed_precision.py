@@ -153,10 +153,12 @@ def test_one_half_precision_step_updates_like_float32(cityscapes_records, mode):
   update32 = np.concatenate([(after32[n] - state[n]).ravel() for n in trainable])
   update_half = np.concatenate([(after_half[n] - state[n]).ravel() for n in trainable])
   # The direction of the update is float32's; its size per variable differs by the half type's rounding,
-  # amplified by the tiny network's batch norm over four frames (measured: cosine 0.996-0.998 for float16,
-  # ~0.98 for bfloat16).
+  # amplified by the tiny network's batch norm over four frames, and by the order of multi-threaded reductions
+  # from run to run. Measured cosines: 0.996-0.998 for float16 and ~0.98 for bfloat16 on an AVX2 CPU (half
+  # types computed in float32); 0.988-0.998 and 0.895-0.987 in 8 runs on a CPU with AVX512-FP16/BF16 and AMX,
+  # where oneDNN computes in the half types themselves.
   cosine = np.dot(update_half, update32) / np.linalg.norm(update_half) / np.linalg.norm(update32)
-  assert cosine > (0.95 if mode == 'bfloat16' else 0.99), cosine
+  assert cosine > (0.85 if mode == 'bfloat16' else 0.97), cosine
   reference.close()
   half.close()
 

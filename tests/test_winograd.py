@@ -377,8 +377,11 @@ def test_float16_training_step_updates_like_float32_and_direct(cityscapes_record
     trainable = [name for name in state if name.endswith(('weights', 'biases', 'beta', 'gamma'))]
     update32, update_direct, update_wino = [_update(state, after, trainable)
                                             for after in (after32, after_direct, after_wino)]
-    cosines = (_cosine(update_wino, update32), _cosine(update_wino, update_direct), _cosine(update_direct, update32))
-    assert min(cosines) > 0.99, cosines
+    # float16 against float32: as tests/test_mixed_precision.py's (measured 0.992-0.998 on a CPU computing in
+    # float16 itself, AVX512-FP16); Winograd against direct, both in float16: 0.9988-0.9995.
+    vs32 = (_cosine(update_wino, update32), _cosine(update_direct, update32))
+    assert min(vs32) > 0.97, vs32
+    assert _cosine(update_wino, update_direct) > 0.99
   finally:
     for runner in runners:
       runner.close()
