@@ -96,6 +96,25 @@ def _session(variant, model_config, size, checkpoint, exports):
   return sess, endpoints.inputs, endpoints.predictions, graph
 
 
+def with_conv3x3_algorithm(model_config, algorithm):
+  """A copy of a PSPNet model config with pspnet.conv3x3_algorithm set."""
+  from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
+  config = type(model_config).FromString(model_config.SerializeToString())
+  text_format.Merge('pspnet { conv3x3_algorithm: "%s" }' % algorithm, config)
+  return config
+
+
+def random_checkpoint_and_export(model_config, export_config, size, workdir):
+  """(checkpoint, export dir): random weights of model_config (_random_checkpoint), exported by export.py's code
+  with export_config (same variables) for batch-1 inputs of size (H, W)."""
+  from drivers import exporter  # pylint: disable=import-outside-toplevel
+  checkpoint = _random_checkpoint(model_config, size, workdir)
+  export_dir = os.path.join(workdir, 'export')
+  exporter.export(export_config, export_dir, trained_checkpoint=checkpoint, input_shape=(1,) + tuple(size) + (3,),
+                  pad_to_shape=tuple(size), num_timing_runs=0)
+  return checkpoint, export_dir
+
+
 def model_gmacs(model_config, size):
   """Convolution GMACs of the model's batch-1 inference graph at size (H, W) (exporter.count_conv_macs)."""
   from drivers import exporter  # pylint: disable=import-outside-toplevel

@@ -246,23 +246,15 @@ def _peer_scale(quick):
 def _measure_inference(spec):
   import shutil  # pylint: disable=import-outside-toplevel
   import tempfile  # pylint: disable=import-outside-toplevel
-  from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
   from bench import inference_speed  # pylint: disable=import-outside-toplevel
-  from drivers import exporter  # pylint: disable=import-outside-toplevel
   tf1 = _tf1()
   size = tuple(spec['size'])
   base = common.load_pipeline_config(spec['quick']).model
-  configs = {}
-  for algorithm in ('direct', 'winograd'):
-    configs[algorithm] = type(base).FromString(base.SerializeToString())
-    text_format.Merge('pspnet { conv3x3_algorithm: "%s" }' % algorithm, configs[algorithm])
+  configs = {a: inference_speed.with_conv3x3_algorithm(base, a) for a in ('direct', 'winograd')}
   out = collections.OrderedDict(size='%dx%d' % size, machine=common.machine_info())
   workdir = tempfile.mkdtemp(prefix='bench_peers_')
   try:
-    checkpoint = inference_speed._random_checkpoint(base, size, workdir)  # pylint: disable=protected-access
-    export_dir = os.path.join(workdir, 'export_winograd')
-    exporter.export(configs['winograd'], export_dir, trained_checkpoint=checkpoint,
-                    input_shape=(1,) + size + (3,), pad_to_shape=size, num_timing_runs=0)
+    checkpoint, export_dir = inference_speed.random_checkpoint_and_export(base, configs['winograd'], size, workdir)
     sessions = collections.OrderedDict()
     graph, images, predictions, peer_gmacs = build_peer_inference(size, **_peer_scale(spec['quick']))
     with graph.as_default():

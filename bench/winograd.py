@@ -236,16 +236,13 @@ def _measure_model(spec):
   """
   import shutil  # pylint: disable=import-outside-toplevel
   import tempfile  # pylint: disable=import-outside-toplevel
-  from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
   from bench import inference_speed  # pylint: disable=import-outside-toplevel
-  from drivers import exporter  # pylint: disable=import-outside-toplevel
   from architectures import dilated_resnet_v1  # pylint: disable=import-outside-toplevel
   size = tuple(spec['size'])
   base = common.load_pipeline_config(spec['quick']).model
   configs = {}
   for algorithm in ('direct', 'winograd'):
-    configs[algorithm] = type(base).FromString(base.SerializeToString())
-    text_format.Merge('pspnet { conv3x3_algorithm: "%s" }' % algorithm, configs[algorithm])
+    configs[algorithm] = inference_speed.with_conv3x3_algorithm(base, algorithm)
   configs['winograd fusion only'] = configs['winograd']
   out = collections.OrderedDict(size='%dx%d' % size, machine=common.machine_info(), layers=[])
   for case in spec.get('layer_cases', []):
@@ -253,10 +250,7 @@ def _measure_model(spec):
     out['layers'].append(_case(case, spec['layer_runs'], spec['warmup']))
   workdir = tempfile.mkdtemp(prefix='bench_winograd_')
   try:
-    checkpoint = inference_speed._random_checkpoint(base, size, workdir)  # pylint: disable=protected-access
-    export_dir = os.path.join(workdir, 'export_winograd')
-    exporter.export(configs['winograd'], export_dir, trained_checkpoint=checkpoint,
-                    input_shape=(1,) + size + (3,), pad_to_shape=size, num_timing_runs=0)
+    checkpoint, export_dir = inference_speed.random_checkpoint_and_export(base, configs['winograd'], size, workdir)
     sessions = collections.OrderedDict()
     for name, algorithm, source in (('checkpoint direct', 'direct', 'checkpoint'),
                                     ('checkpoint winograd fusion only', 'winograd fusion only', 'checkpoint'),
